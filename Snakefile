@@ -1,0 +1,30 @@
+# llm-bridge: LLM post-training as files.
+#   raw_data -> base_model -> parquet -> sft -> [ppo] -> merged_model -> evaluate (-> upload)
+# Run the embedded default:   snakemake --cores 2 all
+# On a SLURM cluster:         snakemake --profile slurm merged_model
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/raw_data.smk"
+include: "rules/base_model.smk"
+include: "rules/parquet.smk"
+include: "rules/sft.smk"
+include: "rules/ppo.smk"
+include: "rules/merged_model.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.merged_model.output,
+        rules.evaluate.output,

@@ -1,0 +1,12 @@
+rule base_model:
+    output:
+        directory(f"{RUN}/base_model"),
+    input:
+        code=f"{SRC}/base_model.py",
+        train=rules.raw_data.output.train,  # the tiny model's tokenizer is trained on it
+    params:
+        cfg=as_json({"model": config["model"], "seed": config["seed"]}),
+    log:
+        f"{RUN}/logs/base_model.log",
+    shell:
+        "python -m llm_bridge.base_model --params {params.cfg:q} --raw-dir {RUN}/raw_data --out-dir {output} 2>&1 | tee {log}"

@@ -1,0 +1,50 @@
+# Config validation, the hardware preset, and the small functions the rules call.
+import json
+
+import yaml
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../config/schema.yaml")
+
+
+def load_preset(name):
+    path = Path(workflow.basedir) / "config" / "presets" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "schema")
+        raise WorkflowError(f"config preset: unknown preset {name!r} ({path} not found); choose one of {known}")
+    with path.open() as fh:
+        preset = yaml.safe_load(fh)
+    validate(preset, "../config/presets/schema.yaml")
+    return preset
+
+
+PRESET = load_preset(config["preset"])
+RUN = f"runs/{config['run_name']}"
+SRC = "src/llm_bridge"
+PPO = config["ppo"]["enabled"]
+LAST_TRAINED = "ppo" if PPO else "sft"
+
+
+def as_json(value):
+    """Params are compared by Snakemake between runs: a changed value reruns the rule and what follows."""
+    return json.dumps(value, sort_keys=True)
+
+
+def stage_config(stage):
+    """The config section of a stage with the preset's hardware-specific values on top."""
+    return {**config[stage], **PRESET.get(stage, {})}
+
+
+def cluster():
+    return {k: PRESET[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")}
+
+
+def slurm_resources(rule_name):
+    """Per-rule cluster resources from the preset (the profile holds no per-rule values)."""
+    res = {**PRESET["slurm"].get("default", {}), **PRESET["slurm"].get(rule_name, {})}
+    for key in ("partition", "account", "qos"):
+        if key in PRESET["slurm"]:
+            res[f"slurm_{key}" if key != "account" else "slurm_account"] = PRESET["slurm"][key]
+    return res

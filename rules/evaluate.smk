@@ -1,0 +1,23 @@
+EVAL_MODELS = {"base": rules.base_model.output[0], "sft": f"{RUN}/sft/model" if PPO else f"{RUN}/merged_model"}
+if PPO:
+    EVAL_MODELS["ppo"] = f"{RUN}/merged_model"
+
+
+rule evaluate:
+    output:
+        f"{RUN}/evaluate/eval.json",
+    input:
+        code=f"{SRC}/evaluate.py",
+        test=rules.parquet.output.test,
+        models=list(EVAL_MODELS.values()),
+    params:
+        cfg=as_json({**config["evaluate"], "note": "" if PPO else
+                     "PPO is off in this config (ppo.enabled: false): the merged model is the SFT model."}),
+        models=" ".join(f"--model {name}={path}" for name, path in EVAL_MODELS.items()),
+    resources:
+        **slurm_resources("evaluate"),
+    log:
+        f"{RUN}/logs/evaluate.log",
+    shell:
+        "python -m llm_bridge.evaluate --params {params.cfg:q} --test {input.test} {params.models} --out {output}"
+        " 2>&1 | tee {log}"

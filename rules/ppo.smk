@@ -1,0 +1,17 @@
+rule ppo:
+    output:
+        f"{RUN}/ppo/result.json",
+    input:
+        code=[f"{SRC}/ppo.py", f"{SRC}/launch.py"],
+        sft_model=f"{RUN}/sft/model",
+        data=[rules.parquet.output.train, rules.parquet.output.test],
+    params:
+        cfg=as_json({"ppo": stage_config("ppo"), "cluster": cluster(), "seed": config["seed"],
+                     "stall_timeout_s": PRESET["stall_timeout_s"]}),
+    resources:
+        **slurm_resources("ppo"),
+    log:
+        f"{RUN}/logs/ppo.log",
+    shell:
+        "python -m llm_bridge.ppo --params {params.cfg:q} --sft-model {input.sft_model} --data-dir {RUN}/parquet"
+        " --out-dir {RUN}/ppo 2>&1 | tee {log}"

