@@ -2,12 +2,14 @@
 #   raw_data -> base_model -> parquet -> sft -> [ppo] -> merged_model -> evaluate (-> upload)
 # Run the embedded default:   snakemake --cores 2 all
 # On a SLURM cluster:         snakemake --profile slurm merged_model
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "report/workflow.rst"

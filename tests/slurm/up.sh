@@ -218,7 +218,7 @@ else
         # a running daemon with an older config must go (down.sh stops by pid file)
         if any_running; then
             say "config changed: restarting daemons"
-            LLMB_SLURM_QUIET=1 bash "$HERE/down.sh"
+            LLMB_SLURM_QUIET=1 LLMB_SLURM_KEEP_MUNGE=1 bash "$HERE/down.sh"
         fi
     fi
     if ! pid_alive "$ctld_pidfile" slurmctld; then
