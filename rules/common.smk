@@ -7,6 +7,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from llm_bridge.checks import check_all
+from llm_bridge.errors import InputError
+
 validate(config, "../config/schema.yaml")
 
 
@@ -18,10 +21,14 @@ def load_preset(name):
     with path.open() as fh:
         preset = yaml.safe_load(fh)
     validate(preset, "../config/presets/schema.yaml")
-    return preset
+    return {**preset, "name": name}
 
 
 PRESET = load_preset(config["preset"])
+try:
+    check_all(config, PRESET, Path.cwd())
+except InputError as exc:
+    raise WorkflowError(str(exc)) from None
 RUN = f"runs/{config['run_name']}"
 SRC = os.path.join(workflow.basedir, "src", "llm_bridge")
 PPO = config["ppo"]["enabled"]

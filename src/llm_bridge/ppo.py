@@ -85,7 +85,12 @@ def cpu_overrides(cluster: dict) -> list[str]:
         "actor_rollout_ref.rollout.free_cache_engine=False",
         "actor_rollout_ref.rollout.enforce_eager=True",
         "actor_rollout_ref.rollout.dtype=float32",
+        # A 2-core machine: one agent-loop worker, one reward worker and one TransferQueue storage unit instead
+        # of 8 each (every one is a Python process importing torch: about a minute of start-up on 2 cores).
         "data.dataloader_num_workers=0",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "reward.num_workers=1",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     ]
 
 

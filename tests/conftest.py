@@ -1,0 +1,70 @@
+"""Shared test helpers: the repo root, the real GSM8K beside the checkout, and running the real workflow."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+@pytest.fixture
+def gsm8k_dir() -> Path:
+    if not (GSM8K / "train.jsonl").exists():
+        pytest.skip(f"real GSM8K not found at {GSM8K}")
+    return GSM8K
+
+
+def default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run the real workflow (repo Snakefile) in `workdir` with `configfile`."""
+    cmd = SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile),
+                       "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count (empty when nothing is to be done)."""
+    text = proc.stdout + proc.stderr
+    if "Job stats:" not in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].splitlines()[3:]
+    jobs = {}
+    for line in table:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A tiny base model (real base_model stage code) built once per session."""
+    from llm_bridge import base_model, raw_data
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "raw").mkdir()
+    splits = raw_data.synthetic_splits(300, 10, seed=0)
+    raw_data.write_jsonl(root / "raw" / "train.jsonl", splits["train"])
+    shape = default_config()["model"]["tiny"]
+    base_model.main(["--params", '{"model": {"source": "tiny", "tiny": %s}, "seed": 0}' % __import__("json").dumps(shape),
+                     "--raw-dir", str(root / "raw"), "--out-dir", str(root / "model")])
+    return root / "model"

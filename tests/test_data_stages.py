@@ -1,0 +1,117 @@
+"""raw_data and parquet: the synthetic generator, answer extraction, and every validation error."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from llm_bridge import parquet, raw_data
+from llm_bridge.errors import InputError
+
+INSTRUCTION = "Think step by step."
+
+
+def test_synthetic_is_deterministic_per_seed_and_disjoint():
+    a = raw_data.synthetic_splits(300, 50, seed=1)
+    b = raw_data.synthetic_splits(300, 50, seed=1)
+    c = raw_data.synthetic_splits(300, 50, seed=2)
+    assert a == b
+    assert a != c
+    train_q = {r["question"] for r in a["train"]}
+    assert len(train_q) == 300
+    assert not train_q & {r["question"] for r in a["test"]}
+
+
+def test_synthetic_answers_are_correct_gsm8k_form():
+    for record in raw_data.synthetic_splits(200, 1, seed=0)["train"]:
+        expression = record["answer"].split("<<")[1].split("=")[0]
+        truth = parquet.extract_solution(record["answer"])
+        assert truth is not None and int(truth) == eval(expression)  # noqa: S307 - our own digits and + - *
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("3 + 4 = 7\n#### 7", "7"),
+    ("#### 1,234", "1234"),
+    ("#### -5", "-5"),
+    ("#### 2.5", "2.5"),
+    ("no marker 7", None),
+    ("#### seven", None),
+])
+def test_extract_solution(answer, expected):
+    assert parquet.extract_solution(answer) == expected
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+GOOD = {"question": "Ava has 2 pens and gets 3 more. How many pens?", "answer": "2 + 3 = 5\n#### 5"}
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"answer": "#### 5"}, "row 1: field 'question' is missing"),
+    ({"question": "  ", "answer": "#### 5"}, "row 1: field 'question' is empty"),
+    ({"question": "Q?"}, "row 1: field 'answer' is missing"),
+    ({"question": "Q?", "answer": "it is 5"}, "row 1: field 'answer' does not end in '#### <number>'"),
+    ({"question": "Q?", "answer": "#### 1.2.3"}, "ground truth '1.2.3' after '####' is not a number"),
+    (GOOD, "row 1: duplicate of row 0"),
+    ({"question": "long " * 300, "answer": "#### 1"}, "row 1: field 'question': prompt is"),
+])
+def test_parquet_refuses_bad_rows_and_writes_nothing(tmp_path, tiny_tokenizer_dir, bad, expected):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_jsonl(raw / "train.jsonl", [GOOD, bad])
+    write_jsonl(raw / "test.jsonl", [GOOD])
+    out = tmp_path / "pq"
+    with pytest.raises(InputError) as err:
+        parquet.main(["--params", json.dumps({"max_prompt_length": 96, "instruction": INSTRUCTION}),
+                      "--raw-dir", str(raw), "--tokenizer", str(tiny_tokenizer_dir), "--out-dir", str(out)])
+    message = str(err.value)
+    assert str(raw / "train.jsonl") in message and expected in message
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_broken_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n{not json\n")
+    with pytest.raises(InputError, match=r"train.jsonl, line 2: not valid JSON"):
+        raw_data.read_records(path)
+
+
+def test_empty_and_missing_files_are_named(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="empty.jsonl: the file holds no records"):
+        raw_data.read_records(tmp_path / "empty.jsonl")
+    with pytest.raises(InputError, match="nope.jsonl: data file not found"):
+        raw_data.read_records(tmp_path / "nope.jsonl")
+
+
+def test_parquet_has_verl_gsm8k_schema(tmp_path, tiny_tokenizer_dir):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    splits = raw_data.synthetic_splits(20, 5, seed=0)
+    for split, records in splits.items():
+        write_jsonl(raw / f"{split}.jsonl", records)
+    parquet.main(["--params", json.dumps({"max_prompt_length": 96, "instruction": INSTRUCTION}),
+                  "--raw-dir", str(raw), "--tokenizer", str(tiny_tokenizer_dir), "--out-dir", str(tmp_path / "pq")])
+    row = pq.read_table(tmp_path / "pq" / "train.parquet").to_pylist()[3]
+    assert set(row) == {"data_source", "prompt", "ability", "reward_model", "extra_info"}
+    assert row["data_source"] == "openai/gsm8k" and row["ability"] == "math"
+    assert row["prompt"] == [{"role": "user", "content": f"{splits['train'][3]['question']} {INSTRUCTION}"}]
+    assert row["reward_model"] == {"style": "rule", "ground_truth": parquet.extract_solution(splits["train"][3]["answer"])}
+    assert row["extra_info"] == {"split": "train", "index": 3, "answer": splits["train"][3]["answer"], "question": splits["train"][3]["question"]}
+    messages = pq.read_table(tmp_path / "pq" / "sft_train.parquet").to_pylist()[3]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == splits["train"][3]["answer"]
+
+
+def test_real_gsm8k_validates(gsm8k_dir, tiny_tokenizer_dir):
+    """The real data passes every check (with a prompt budget that fits GSM8K's longest questions)."""
+    records = raw_data.read_records(gsm8k_dir / "train.jsonl")
+    assert len(records) > 7000
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    parquet.validate(records[:500], gsm8k_dir / "train.jsonl", tokenizer, 4096, INSTRUCTION)
