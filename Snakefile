@@ -23,6 +23,7 @@ include: "rules/sft.smk"
 include: "rules/ppo.smk"
 include: "rules/merged_model.smk"
 include: "rules/evaluate.smk"
+include: "rules/plots.smk"
 
 
 rule all:
@@ -30,3 +31,4 @@ rule all:
     input:
         rules.merged_model.output,
         rules.evaluate.output,
+        rules.plots.output,

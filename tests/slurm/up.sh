@@ -125,6 +125,8 @@ SlurmctldPort=6817
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# cred_expire also sets how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=cred_expire=30
 CryptoType=crypto/munge
 MpiDefault=none
 # no cgroups in containers: plain process tracking, no task binding

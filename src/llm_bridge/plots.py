@@ -1,0 +1,84 @@
+"""Stage `plots`: the curves and the table for the Snakemake report (`snakemake --report report.html`).
+
+SFT loss per step, PPO reward / KL / response length per step (from verl's own logged metrics in each stage's
+result.json), and the evaluation table as an HTML fragment.
+
+    python -m llm_bridge.plots --sft runs/tiny/sft/result.json [--ppo runs/tiny/ppo/result.json] \
+        --eval runs/tiny/evaluate/eval.json --out-dir runs/tiny/report
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+
+from llm_bridge import atomic  # noqa: E402
+
+PPO_PANELS = [
+    ("critic/score/mean", "mean reward (GSM8K exact match)"),
+    ("actor/ppo_kl", "KL(actor || old policy)"),
+    ("response_length/mean", "mean response length (tokens)"),
+]
+
+
+def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(m["step"], m[key]) for m in metrics if key in m]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def save(fig, path: Path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight")
+    plt.close(fig)
+
+
+def sft_figure(metrics: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*series(metrics, "train/loss"), label="train loss")
+    steps, val = series(metrics, "val/loss")
+    if val:
+        ax.plot(steps, val, "o", label="validation loss")
+    ax.set(xlabel="step", ylabel="loss", title="SFT loss", yscale="log")
+    ax.legend()
+    save(fig, path)
+
+
+def ppo_figure(metrics: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(PPO_PANELS), figsize=(12, 3.5))
+    for ax, (key, title) in zip(axes, PPO_PANELS):
+        ax.plot(*series(metrics, key), marker="o")
+        ax.set(xlabel="PPO step", title=title)
+    fig.suptitle("PPO")
+    save(fig, path)
+
+
+def eval_table_html(results: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{r['accuracy']:.1%}</td><td>{r['n']}</td></tr>"
+                   for name, r in results["models"].items())
+    note = f"<p>{html.escape(results['note'])}</p>" if results.get("note") else ""
+    return ("<html><body><table id='eval-table' border='1'><tr><th>model</th><th>GSM8K accuracy (exact match)</th>"
+            f"<th>n</th></tr>{rows}</table>{note}</body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sft", required=True, type=Path)
+    parser.add_argument("--ppo", type=Path)
+    parser.add_argument("--eval", required=True, type=Path)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    sft_figure(json.loads(args.sft.read_text())["metrics"], args.out_dir / "sft_loss.svg")
+    if args.ppo:
+        ppo_figure(json.loads(args.ppo.read_text())["metrics"], args.out_dir / "ppo_curves.svg")
+    atomic.write_text(args.out_dir / "eval_table.html", eval_table_html(json.loads(args.eval.read_text())))
+    print(f"[plots] written to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
