@@ -24,6 +24,7 @@ include: "rules/ppo.smk"
 include: "rules/merged_model.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
+include: "rules/upload.smk"
 
 
 rule all:
@@ -32,3 +33,4 @@ rule all:
         rules.merged_model.output,
         rules.evaluate.output,
         rules.plots.output,
+        rules.upload.output if config["upload"]["enabled"] else [],

@@ -1,6 +1,7 @@
 rule base_model:
     output:
-        directory(f"{RUN}/base_model"),
+        model=directory(f"{RUN}/base_model"),
+        manifest=f"{RUN}/manifests/base_model.json",
     input:
         code=f"{SRC}/base_model.py",
         train=rules.raw_data.output.train,  # the tiny model's tokenizer is trained on it
@@ -9,4 +10,4 @@ rule base_model:
     log:
         f"{RUN}/logs/base_model.log",
     shell:
-        "python -m llm_bridge.base_model --params {params.cfg:q} --raw-dir {RUN}/raw_data --out-dir {output} 2>&1 | tee {log}"
+        "python -m llm_bridge.base_model --params {params.cfg:q} --raw-dir {RUN}/raw_data --out-dir {output.model} 2>&1 | tee {log}" + record("base_model")

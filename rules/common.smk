@@ -56,3 +56,16 @@ def slurm_resources(rule_name):
         if key in PRESET["slurm"]:
             res[f"slurm_{key}" if key != "account" else "slurm_account"] = PRESET["slurm"][key]
     return res
+
+
+def upload_repo_id():
+    repo = config["upload"].get("repo_id")
+    if not repo:
+        raise WorkflowError("upload.repo_id is not set: give the Hub repository, e.g. upload: {repo_id: my-team/llama-gsm8k}")
+    return repo
+
+
+def record(rule):
+    """Shell suffix that writes the stage's provenance manifest once its outputs are complete."""
+    return (f" && python -m llm_bridge.provenance record --rule {rule} --params {{params.cfg:q}} --inputs {{input}}"
+            f" --outputs {{output}} --out {RUN}/manifests/{rule}.json")

@@ -1,11 +1,12 @@
-EVAL_MODELS = {"base": rules.base_model.output[0], "sft": f"{RUN}/sft/model" if PPO else f"{RUN}/merged_model"}
+EVAL_MODELS = {"base": rules.base_model.output.model, "sft": f"{RUN}/sft/model" if PPO else f"{RUN}/merged_model"}
 if PPO:
     EVAL_MODELS["ppo"] = f"{RUN}/merged_model"
 
 
 rule evaluate:
     output:
-        f"{RUN}/evaluate/eval.json",
+        eval=f"{RUN}/evaluate/eval.json",
+        manifest=f"{RUN}/manifests/evaluate.json",
     input:
         code=f"{SRC}/evaluate.py",
         test=rules.parquet.output.test,
@@ -19,5 +20,5 @@ rule evaluate:
     log:
         f"{RUN}/logs/evaluate.log",
     shell:
-        "python -m llm_bridge.evaluate --params {params.cfg:q} --test {input.test} {params.models} --out {output}"
-        " 2>&1 | tee {log}"
+        "python -m llm_bridge.evaluate --params {params.cfg:q} --test {input.test} {params.models} --out {output.eval}"
+        " 2>&1 | tee {log}" + record("evaluate")

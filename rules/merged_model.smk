@@ -1,27 +1,33 @@
 rule merged_model:
     """The last trained stage (PPO when enabled, else SFT) as a Hugging Face model folder."""
     output:
-        directory(f"{RUN}/merged_model"),
+        model=directory(f"{RUN}/merged_model"),
+        manifest=f"{RUN}/manifests/merged_model.json",
     input:
         code=f"{SRC}/merge.py",
         result=f"{RUN}/{LAST_TRAINED}/result.json",
     resources:
         **slurm_resources("merged_model"),
+    params:
+        cfg="{}",
     log:
         f"{RUN}/logs/merged_model.log",
     shell:
-        "python -m llm_bridge.merge --result {input.result} --out-dir {output} 2>&1 | tee {log}"
+        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} 2>&1 | tee {log}" + record("merged_model")
 
 
 rule sft_model:
     """The SFT model as HF folder, for PPO's actor/critic and the SFT row of the eval table (only when PPO
     follows; otherwise merged_model is the SFT model)."""
     output:
-        directory(f"{RUN}/sft/model"),
+        model=directory(f"{RUN}/sft/model"),
+        manifest=f"{RUN}/manifests/sft_model.json",
     input:
         code=f"{SRC}/merge.py",
         result=f"{RUN}/sft/result.json",
+    params:
+        cfg="{}",
     log:
         f"{RUN}/logs/sft_model.log",
     shell:
-        "python -m llm_bridge.merge --result {input.result} --out-dir {output} 2>&1 | tee {log}"
+        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} 2>&1 | tee {log}" + record("sft_model")

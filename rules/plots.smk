@@ -4,14 +4,16 @@ rule plots:
         sft=report(f"{RUN}/report/sft_loss.svg", category="1. Training", caption="../report/sft_loss.rst"),
         ppo=report(f"{RUN}/report/ppo_curves.svg", category="1. Training", caption="../report/ppo_curves.rst") if PPO else [],
         table=report(f"{RUN}/report/eval_table.html", category="2. Evaluation", caption="../report/eval_table.rst"),
+        manifest=f"{RUN}/manifests/plots.json",
     input:
         code=f"{SRC}/plots.py",
         sft=f"{RUN}/sft/result.json",
         ppo=f"{RUN}/ppo/result.json" if PPO else [],
-        eval=rules.evaluate.output,
+        eval=rules.evaluate.output.eval,
     log:
         f"{RUN}/logs/plots.log",
     params:
+        cfg="{}",
         ppo=f"--ppo {RUN}/ppo/result.json" if PPO else "",
     shell:
-        "python -m llm_bridge.plots --sft {input.sft} {params.ppo} --eval {input.eval} --out-dir {RUN}/report 2>&1 | tee {log}"
+        "python -m llm_bridge.plots --sft {input.sft} {params.ppo} --eval {input.eval} --out-dir {RUN}/report 2>&1 | tee {log}" + record("plots")

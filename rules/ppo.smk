@@ -1,6 +1,7 @@
 rule ppo:
     output:
-        f"{RUN}/ppo/result.json",
+        result=f"{RUN}/ppo/result.json",
+        manifest=f"{RUN}/manifests/ppo.json",
     input:
         code=[f"{SRC}/ppo.py", f"{SRC}/launch.py"],
         sft_model=f"{RUN}/sft/model",
@@ -14,4 +15,4 @@ rule ppo:
         f"{RUN}/logs/ppo.log",
     shell:
         "python -m llm_bridge.ppo --params {params.cfg:q} --sft-model {input.sft_model} --data-dir {RUN}/parquet"
-        " --out-dir {RUN}/ppo 2>&1 | tee {log}"
+        " --out-dir {RUN}/ppo 2>&1 | tee {log}" + record("ppo")

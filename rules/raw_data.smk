@@ -2,6 +2,7 @@ rule raw_data:
     output:
         train=f"{RUN}/raw_data/train.jsonl",
         test=f"{RUN}/raw_data/test.jsonl",
+        manifest=f"{RUN}/manifests/raw_data.json",
     input:
         code=f"{SRC}/raw_data.py",
         # a local source is a real input: editing the file reruns everything downstream
@@ -11,4 +12,4 @@ rule raw_data:
     log:
         f"{RUN}/logs/raw_data.log",
     shell:
-        "python -m llm_bridge.raw_data --params {params.cfg:q} --out-dir {RUN}/raw_data 2>&1 | tee {log}"
+        "python -m llm_bridge.raw_data --params {params.cfg:q} --out-dir {RUN}/raw_data 2>&1 | tee {log}" + record("raw_data")

@@ -2,10 +2,11 @@ rule sft:
     output:
         # verl's checkpoints live in sft/checkpoints (kept across a kill, so a rerun resumes);
         # result.json, written last, names the finished checkpoint and holds the loss curve.
-        f"{RUN}/sft/result.json",
+        result=f"{RUN}/sft/result.json",
+        manifest=f"{RUN}/manifests/sft.json",
     input:
         code=[f"{SRC}/sft.py", f"{SRC}/launch.py"],
-        base_model=rules.base_model.output,
+        base_model=rules.base_model.output.model,
         data=[rules.parquet.output.sft_train, rules.parquet.output.sft_test],
     params:
         cfg=as_json({"sft": stage_config("sft"), "cluster": cluster(), "seed": config["seed"],
@@ -16,4 +17,4 @@ rule sft:
         f"{RUN}/logs/sft.log",
     shell:
         "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir {RUN}/parquet"
-        " --out-dir {RUN}/sft 2>&1 | tee {log}"
+        " --out-dir {RUN}/sft 2>&1 | tee {log}" + record("sft")

@@ -130,3 +130,18 @@ def test_changed_stage_code_reruns_that_stage_and_after(finished_run):
     finally:
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert set(planned_jobs(proc)) == {"parquet"} | AFTER_SFT
+
+
+def test_provenance_chains_back_to_raw_data(finished_run):
+    run = finished_run["run"]
+    manifest = json.loads((run / "manifests" / "merged_model.json").read_text())
+    assert manifest["rule"] == "merged_model"
+    assert {"verl", "torch", "transformers"} <= set(manifest["versions"])
+    assert "requirements/lock-cpu.txt" in manifest["locks"]
+    from llm_bridge.provenance import chain, sha256_path
+
+    assert manifest["outputs"][0]["sha256"] == sha256_path(run / "merged_model")
+    rules = [m["rule"] for m in chain(run / "merged_model", run / "manifests")]
+    assert rules[0] == "merged_model" and {"ppo", "sft_model", "sft", "parquet", "base_model", "raw_data"} <= set(rules)
+    out = subprocess.run(["llm-bridge", "provenance", str(run / "merged_model")], capture_output=True, text=True, check=True).stdout
+    assert "raw_data" in out and "merged_model" in out

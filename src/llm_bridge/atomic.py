@@ -35,5 +35,5 @@ def write_text(final: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json(final: str | os.PathLike, data: Any) -> None:
-    write_text(final, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(final: str | os.PathLike, data: Any, sort_keys: bool = True) -> None:
+    write_text(final, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         results["models"][name] = evaluate_model(Path(path), rows, params["max_new_tokens"], params["batch_size"])
         print(f"[evaluate] {name}: accuracy {results['models'][name]['accuracy']:.1%}", flush=True)
     atomic.write_text(args.out.with_suffix(".md"), markdown_table(results))
-    atomic.write_json(args.out, results)
+    atomic.write_json(args.out, results, sort_keys=False)  # keep the table's row order
     print(markdown_table(results))
 
 
