@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm_bridge.errors import InputError
+from llm_bridge.fit import check_fit
 
 
 def world_size(preset: dict) -> int:
@@ -60,11 +61,58 @@ def check_data(data: dict, base: Path) -> list[str]:
     return problems
 
 
+def check_model(model: dict, base: Path) -> list[str]:
+    if model["source"] == "local":
+        if not model.get("local"):
+            return ["model.local is not set; give the path of a Hugging Face model folder or use model.source: tiny"]
+        from llm_bridge.base_model import check_model_folder
+
+        try:
+            check_model_folder(base / model["local"])
+        except InputError as exc:
+            return [f"model.local: {exc}"]
+    return []
+
+
+def check_upload(upload: dict) -> list[str]:
+    if not upload["enabled"]:
+        return []
+    problems = []
+    if not upload.get("repo_id"):
+        problems.append("upload.enabled is true but upload.repo_id is not set; e.g. upload: {repo_id: my-team/llama-gsm8k}")
+    from huggingface_hub import get_token
+
+    if not get_token():  # HF_TOKEN or the login cache; the value itself is never read into our config or logs
+        problems.append("upload.enabled is true but no Hugging Face token was found: export HF_TOKEN or run `hf auth login`")
+    return problems
+
+
+def check_disk(run_dir: Path, config: dict) -> list[str]:
+    """A checkpoint that cannot be written loses the night's work: refuse to start without room for two."""
+    import shutil
+
+    try:
+        from llm_bridge.fit import parameter_count
+
+        params = parameter_count(config["model"])
+    except (ImportError, InputError, KeyError, OSError):
+        return []  # size unknown here (e.g. a Hub id not downloaded yet): the stage itself will fail loudly
+    needed = 2 * 16 * params  # fp32 weights + Adam moments + grads, two checkpoints kept
+    run_dir = next(p for p in [run_dir, *run_dir.parents] if p.exists())
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        return [f"only {free / 2**30:.1f} GiB free under {run_dir}, checkpoints need about {needed / 2**30:.1f} GiB; "
+                "free space or point the run elsewhere (run_name / working directory)"]
+    return []
+
+
 def check_all(config: dict, preset: dict, workdir: Path) -> None:
     max_prompt = config["data"]["max_prompt_length"]
     tiny = config["model"].get("tiny", {}) if config["model"]["source"] == "tiny" else {}
-    problems = (check_data(config["data"], workdir)
+    problems = (check_data(config["data"], workdir) + check_model(config["model"], workdir) + check_upload(config["upload"])
+                + check_disk(workdir / "runs" / config["run_name"], config)
                 + check_sft({**config["sft"], **preset.get("sft", {})}, preset, max_prompt)
-                + check_ppo({**config["ppo"], **preset.get("ppo", {})}, preset, max_prompt, tiny.get("max_position_embeddings")))
+                + check_ppo({**config["ppo"], **preset.get("ppo", {})}, preset, max_prompt, tiny.get("max_position_embeddings"))
+                + check_fit(config, preset, workdir))
     if problems:
         raise InputError("the configuration cannot run:\n  " + "\n  ".join(problems))

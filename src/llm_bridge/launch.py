@@ -41,12 +41,42 @@ def prepare_work_dir(work_dir: Path, settings: dict) -> bool:
     text = json.dumps(settings, sort_keys=True, indent=1)
     if work_dir.exists():
         if stamp.exists() and stamp.read_text() == text:
+            repair_tracker(work_dir)
             return True
         print(f"[launch] settings changed since {work_dir} was started: starting fresh", flush=True)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
     stamp.write_text(text)
     return False
+
+
+def repair_tracker(ckpt_dir: Path) -> None:
+    """verl's PPO trainer writes latest_checkpointed_iteration.txt in place (SFT's is atomic): a kill during that
+    write leaves it empty, and a kill during a checkpoint leaves a newer half-written global_step_N. Resume only
+    from a step the tracker names and that exists; if the tracker is unreadable, fall back to the newest step
+    that has everything a checkpoint holds, and say so."""
+    tracker = ckpt_dir / "latest_checkpointed_iteration.txt"
+    if not tracker.exists():
+        return
+    text = tracker.read_text().strip()
+    if text.isdigit() and (ckpt_dir / f"global_step_{text}").is_dir():
+        return
+    complete = sorted((int(p.name.split("_")[-1]) for p in ckpt_dir.glob("global_step_*") if checkpoint_complete(p)), reverse=True)
+    if complete:
+        print(f"[launch] {tracker} was unreadable ({text!r}): resuming from global_step_{complete[0]}", flush=True)
+        tmp = tracker.with_suffix(".tmp")
+        tmp.write_text(str(complete[0]))
+        os.replace(tmp, tracker)
+    else:
+        print(f"[launch] {tracker} was unreadable ({text!r}) and no complete checkpoint exists: starting over", flush=True)
+        tracker.unlink()
+
+
+def checkpoint_complete(step_dir: Path) -> bool:
+    """All parts verl writes for a step: model/optimizer/extra shards (SFT), per role for PPO (actor, critic)."""
+    roles = [step_dir / r for r in ("actor", "critic") if (step_dir / r).is_dir()] or [step_dir]
+    return all(any(r.glob("model_world_size_*")) and any(r.glob("optim_world_size_*")) and any(r.glob("extra_state_world_size_*"))
+               for r in roles)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path:

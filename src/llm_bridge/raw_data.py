@@ -93,6 +93,10 @@ def load_splits(data: dict, seed: int) -> dict[str, list[dict]]:
     raise InputError(f"config data.source: unknown source {source!r}; use synthetic, local or hub.")
 
 
+def source_name(data: dict, split: str) -> str:
+    return data["local"][split] if data["source"] == "local" else f"{data['source']} data ({split} split)"
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic.write_text(path, "".join(json.dumps({"question": r.get("question"), "answer": r.get("answer")}) + "\n" for r in records))
 
@@ -103,7 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     params = json.loads(args.params)
-    for split, records in load_splits(params["data"], params["seed"]).items():
+    splits = load_splits(params["data"], params["seed"])
+    from llm_bridge.parquet import validate
+
+    for split, records in splits.items():  # every row checked before anything is written or trained on
+        validate(records, source_name(params["data"], split), None, params["data"]["max_prompt_length"], "")
+    for split, records in splits.items():
         write_jsonl(args.out_dir / f"{split}.jsonl", records)
         print(f"[raw_data] {split}: {len(records)} records -> {args.out_dir / f'{split}.jsonl'}")
 

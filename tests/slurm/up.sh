@@ -27,7 +27,9 @@ TIMEOUT="${LLMB_SLURM_TIMEOUT:-90}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 MARKER="# managed by llm-bridge tests/slurm/up.sh"
 
-say() { [[ "${LLMB_SLURM_QUIET:-0}" == 1 ]] || echo "[slurm-up] $*"; }
+# a reader that goes away (`up.sh | head`) must not kill us half way
+trap '' PIPE
+say() { [[ "${LLMB_SLURM_QUIET:-0}" == 1 ]] || echo "[slurm-up] $*" 2>/dev/null || true; }
 die() { echo "[slurm-up] ERROR: $*" >&2; exit 1; }
 
 [[ "$(id -u)" == 0 ]] || die "must run as root (it installs packages and starts daemons)"
@@ -261,10 +263,12 @@ fi
 
 # --- 5. summary ------------------------------------------------------------------------------
 if [[ "${LLMB_SLURM_QUIET:-0}" != 1 ]]; then
+  {
     echo "[slurm-up] cluster $CLUSTER: $(slurmctld -V 2>/dev/null)"
     sinfo -o '  %P %a %l %D %t %N'
     echo "[slurm-up] config     $CONF"
     echo "[slurm-up] logs       $LOG_DIR/slurmctld.log $LOG_DIR/slurmd-n{1,2}.log"
     echo "[slurm-up] job record $JOBCOMP_LOG (one line per finished job)"
     echo "[slurm-up] stop with  $HERE/down.sh"
+  } 2>/dev/null || true
 fi

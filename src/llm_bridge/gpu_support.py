@@ -1,0 +1,86 @@
+"""Fast verl SFT on GPUs without flash-attn (the lent H200 machine; any cluster where flash-attn is missing).
+
+verl imports this module in every process when it is named in VERL_USE_EXTERNAL_MODULES (the h200 presets'
+`env`). Two things are slow in verl 0.9.1 when the flash-attn package is absent; each has a fix here:
+
+1. Packed attention. verl's padding-free path (model.use_remove_padding) packs a micro batch into one row and
+   expects flash-attn's varlen kernel. With SDPA, transformers turns the packed row into a dense T x T
+   block-diagonal mask: attention over the whole micro batch (O(T^2)), in the masked kernel. PyTorch ships the
+   varlen flash kernel itself (torch.nn.attention.varlen.varlen_attn); this registers it with transformers as
+   attn_implementation "varlen" (`+model.override_config.attn_implementation=varlen`).
+2. Log-probs. Without flash-attn's Triton cross-entropy, verl.utils.torch_functional.logprobs_from_logits falls
+   back to `logprobs_from_logits_v2`, a Python loop over rows: one log_softmax + gather per token, forward and
+   backward, tens of thousands of tiny kernels per step. verl's own `model.use_fused_kernels=True` avoids it;
+   with LLM_BRIDGE_FAST_LOGPROBS=1 the fallback is replaced by one vectorised cross-entropy instead.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+ATTN_NAME = "varlen"
+_state = {"repeat_kv": False}
+
+
+def _boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """cu_seqlens and max length of the packed row (positions restart at 0 for each sequence). Cached on the
+    tensor object: every layer (and a checkpointed recompute) gets the same position_ids, so one sync a forward."""
+    cached = getattr(position_ids, "_llm_bridge_cu", None)
+    if cached is not None:
+        return cached
+    pos = position_ids.reshape(-1)
+    starts = torch.nonzero(pos == 0).flatten()
+    cu = torch.cat([starts, starts.new_tensor([pos.numel()])]).to(torch.int32)
+    result = (cu, int((cu[1:] - cu[:-1]).max()))
+    position_ids._llm_bridge_cu = result
+    return result
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers attention interface: (B, H, T, D) in, (B, T, H, D) out. Packed single rows go to the varlen
+    flash kernel; anything else (padded batches, generation with a cache, CPU) goes to SDPA unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or not query.is_cuda \
+            or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    from torch.nn.attention.varlen import varlen_attn
+
+    cu, max_len = _boundaries(position_ids)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, D)
+    if _state["repeat_kv"] and k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    try:
+        out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0))
+    except RuntimeError:
+        if _state["repeat_kv"] or k.shape[1] == q.shape[1]:
+            raise
+        _state["repeat_kv"] = True  # a kernel build without grouped-query support: expand K/V once and for all
+        print("[gpu_support] varlen_attn refused grouped K/V heads; repeating them", flush=True)
+        return varlen_attention_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
+    return out.unsqueeze(0), None
+
+
+def logprobs_vectorised(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label) for every row at once (fp32 softmax inside cross_entropy), instead of verl's per-row loop."""
+    flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                             reduction="none")
+    return -flat.view(labels.shape)
+
+
+def install() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(ATTN_NAME, varlen_attention_forward)
+    AttentionMaskInterface.register(ATTN_NAME, flash_attention_mask)  # no dense mask: None unless padded
+    if os.environ.get("LLM_BRIDGE_FAST_LOGPROBS") == "1":
+        import verl.utils.torch_functional as tf
+
+        tf.logprobs_from_logits_v2 = logprobs_vectorised
+
+
+install()
