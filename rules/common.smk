@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from llm_bridge.checks import check_all
+from llm_bridge.fit import stage_settings
 from llm_bridge.errors import InputError
 
 validate(config, "../config/schema.yaml")
@@ -41,8 +42,13 @@ def as_json(value):
 
 
 def stage_config(stage):
-    """The config section of a stage with the preset's hardware-specific values on top."""
-    return {**config[stage], **PRESET.get(stage, {})}
+    """The config section of a stage with the preset's hardware-specific values on top (overrides joined)."""
+    return stage_settings(config, PRESET, stage)
+
+
+def preset_env():
+    """The preset's extra training environment (NCCL, allocator); absent when empty so CPU params don't change."""
+    return {"env": {k: str(v) for k, v in PRESET["env"].items()}} if PRESET.get("env") else {}
 
 
 def cluster():

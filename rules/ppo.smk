@@ -8,7 +8,7 @@ rule ppo:
         data=[rules.parquet.output.train, rules.parquet.output.test],
     params:
         cfg=as_json({"ppo": stage_config("ppo"), "cluster": cluster(), "seed": config["seed"],
-                     "max_prompt_length": config["data"]["max_prompt_length"], "stall_timeout_s": PRESET["stall_timeout_s"]}),
+                     "max_prompt_length": config["data"]["max_prompt_length"], "stall_timeout_s": PRESET["stall_timeout_s"], "logging": config.get("logging", {}), **preset_env()}),
     resources:
         **slurm_resources("ppo"),
     log:

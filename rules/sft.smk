@@ -10,7 +10,7 @@ rule sft:
         data=[rules.parquet.output.sft_train, rules.parquet.output.sft_test],
     params:
         cfg=as_json({"sft": stage_config("sft"), "cluster": cluster(), "seed": config["seed"],
-                     "stall_timeout_s": PRESET["stall_timeout_s"]}),
+                     "stall_timeout_s": PRESET["stall_timeout_s"], "logging": config.get("logging", {}), **preset_env()}),
     resources:
         **slurm_resources("sft"),
     log:

@@ -15,7 +15,7 @@ rule model_card:
         f"{RUN}/logs/model_card.log",
     shell:
         "python -m llm_bridge.model_card --config-json {params.cfg:q} --model-dir {input.model} --eval {input.eval}"
-        " --manifest {input.manifest} --out-dir {output.model} 2>&1 | tee {log}" + record("model_card")
+        " --manifests-dir {RUN}/manifests --out-dir {output.model} 2>&1 | tee {log}" + record("model_card")
 
 
 rule upload:
@@ -25,7 +25,6 @@ rule upload:
         code=f"{SRC}/upload.py",
         model=rules.model_card.output.model,
         eval=rules.evaluate.output.eval,
-        manifest=f"{RUN}/manifests/merged_model.json",
     params:
         repo=lambda w: upload_repo_id(),
         revision=config["upload"]["revision"],
@@ -34,5 +33,5 @@ rule upload:
         f"{RUN}/logs/upload.log",
     shell:
         "python -m llm_bridge.upload --model-dir {input.model} --repo-id {params.repo} --revision {params.revision}"
-        " {params.public} --eval-json {input.eval} --manifest {input.manifest} --receipt {output} --run-name {RUN}"
+        " {params.public} --eval-json {input.eval} --manifest {input.model}/provenance.json --receipt {output} --run-name {RUN}"
         " 2>&1 | tee {log}"

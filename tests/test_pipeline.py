@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, default_config, planned_jobs, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, default_config, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
-AFTER_SFT = {"sft", "sft_model", "ppo", "merged_model", "evaluate", "all"}
+AFTER_SFT = {"sft", "sft_model", "ppo", "merged_model", "evaluate", "plots", "all"}
 
 
 def small_config(run_name: str = "e2e") -> dict:
@@ -112,7 +115,7 @@ def test_changed_eval_setting_reruns_only_evaluate(finished_run):
     config = small_config()
     config["evaluate"]["n_samples"] = 8
     changed = write_config(finished_run["workdir"] / "eval.yaml", config)
-    assert set(planned_jobs(snakemake(finished_run["workdir"], changed, "all", "--dry-run"))) == {"evaluate", "all"}
+    assert set(planned_jobs(snakemake(finished_run["workdir"], changed, "all", "--dry-run"))) == {"evaluate", "plots", "all"}
     before = {p: p.stat().st_mtime_ns for p in (run / "sft" / "result.json", run / "ppo" / "result.json", run / "parquet" / "train.parquet")}
     snakemake(finished_run["workdir"], changed, "all")
     assert json.loads((run / "evaluate" / "eval.json").read_text())["models"]["sft"]["n"] == 8
@@ -145,3 +148,67 @@ def test_provenance_chains_back_to_raw_data(finished_run):
     assert rules[0] == "merged_model" and {"ppo", "sft_model", "sft", "parquet", "base_model", "raw_data"} <= set(rules)
     out = subprocess.run(["llm-bridge", "provenance", str(run / "merged_model")], capture_output=True, text=True, check=True).stdout
     assert "raw_data" in out and "merged_model" in out
+
+
+SECRET = "hf_e2eSecretTokenThatMustNeverLeak0123456789"
+WANDB_SECRET = "wandb0123456789abcdef0123456789abcdef01234567"
+
+
+def test_upload_through_the_workflow_and_no_secret_anywhere(finished_run, tmp_path):
+    """`snakemake upload` against the local Hub stand-in: the receipt names the commit the Hub confirmed, the
+    card and weights arrived, a second run is a no-op, and neither the HF token nor the W&B key appears in any
+    file the run wrote, any log, or any process's command line."""
+    from hub_server import HubServer
+
+    workdir = finished_run["workdir"]
+    config = small_config()
+    config["upload"].update(enabled=True, repo_id="team/e2e-model")
+    configfile = write_config(workdir / "upload.yaml", config)
+    with HubServer(token=SECRET) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "WANDB_API_KEY": WANDB_SECRET, "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            proc = subprocess.Popen(SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
+                                                 str(configfile), "--cores", "2", "upload"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cmdlines = []
+            while proc.poll() is None:
+                cmdlines += [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+                time.sleep(0.2)
+            log = proc.stdout.read()
+            assert proc.returncode == 0, log[-3000:]
+            again = snakemake(workdir, configfile, "upload", "--dry-run")
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        commits = hub.commits("team/e2e-model")
+    receipt = json.loads((finished_run["run"] / "upload" / "receipt.json").read_text())
+    assert len(commits) == 1 and receipt["commit"] == commits[0].oid
+    arrived = commits[0].files
+    assert {"README.md", "model.safetensors", "config.json", "tokenizer.json"} <= set(arrived)
+    assert "## Evaluation" in arrived["README.md"].decode() and "| ppo |" in arrived["README.md"].decode()
+    assert arrived["model.safetensors"] == (finished_run["run"] / "merged_model" / "model.safetensors").read_bytes()
+    assert receipt["eval"]["models"]["ppo"]["n"] == 16 and receipt["manifest"][0]["rule"] == "merged_model"
+    assert "provenance.json" in arrived
+    assert planned_jobs(again) == {}
+    for secret in (SECRET, WANDB_SECRET):
+        assert secret not in log and not any(secret in c for c in cmdlines)
+        leaks = [p for p in workdir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert leaks == []
+
+
+def test_snakemake_report_shows_curves_and_eval_table(finished_run, tmp_path):
+    """`snakemake --report` (Snakemake's own report), opened in a real headless Chromium: the SFT loss and PPO
+    curves and the eval table are in the rendered page."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (scripts/test.sh installs it when run as root)")
+    report = finished_run["workdir"] / "report.html"
+    snakemake(finished_run["workdir"], finished_run["configfile"], "all", "--report", str(report))
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    for expected in ("sft_loss.svg", "ppo_curves.svg", "eval_table.html", "Training", "Evaluation"):
+        assert expected in dom, f"{expected} not in the rendered report"

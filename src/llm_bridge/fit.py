@@ -56,6 +56,14 @@ def param_count(s: dict) -> tuple[int, int]:
     return embed + s["num_hidden_layers"] * layer + d, layer
 
 
+def stage_settings(config: dict, preset: dict, stage: str) -> dict:
+    """A stage's config section with the preset's values on top; `overrides` lists are joined, the preset's
+    first, so a run's own overrides still win (hydra applies them in order). rules/common.smk uses this too."""
+    merged = {**config[stage], **preset.get(stage, {})}
+    merged["overrides"] = list(preset.get(stage, {}).get("overrides", [])) + list(config[stage].get("overrides", []))
+    return merged
+
+
 def parameter_count(model: dict, workdir: Path = Path(".")) -> int:
     """Parameters of the configured model; InputError when its shape is unknown here (used by checks.check_disk)."""
     shape = model_shape(model, workdir)
@@ -113,7 +121,7 @@ def verdict(what: str, parts: dict[str, float], gpu: dict, world: int, knobs: st
         return []
     detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items())
     if parts["states"] > 0.8 * have:  # no activation setting can help: shard wider or leave the GPU
-        knobs = (f"use more GPUs (the weights, gradients and Adam states alone are {parts['states'] * world / GIB:.0f} GiB, "
+        knobs = (f"Use more GPUs (the weights, gradients and Adam states alone are {parts['states'] * world / GIB:.0f} GiB, "
                  f"{parts['states'] / GIB:.1f} GiB on each of {world}), or offload them to CPU with "
                  f"engine.strategy=fsdp2 engine.offload_policy=True, or train LoRA (model.lora_rank)")
     return [f"{what} does not fit on a {gpu['name']} ({gpu['memory_gib']} GiB): about {need / GIB:.0f} GiB per GPU "
@@ -129,15 +137,15 @@ def check_fit(config: dict, preset: dict, workdir: Path = Path(".")) -> list[str
     if shape is None:
         return []
     world = preset["nnodes"] * preset["gpus_per_node"]
-    sft = {**config["sft"], **preset.get("sft", {})}
-    opts = overrides_dict(sft.get("overrides", []))
+    sft = stage_settings(config, preset, "sft")
+    opts = overrides_dict(sft["overrides"])
     problems = verdict(f"sft ({world} GPUs)", training_bytes(shape, world, sft_tokens(sft, opts), opts), gpu, world,
                        "Turn one of: lower sft.micro_batch_size_per_gpu (or data.max_token_len_per_gpu with dynamic "
                        "batches), keep model.enable_gradient_checkpointing=True, set model.use_fused_kernels=True "
                        "(no full logits), use more GPUs, or engine.strategy=fsdp2 engine.offload_policy=True.")
-    ppo = {**config["ppo"], **preset.get("ppo", {})}
+    ppo = stage_settings(config, preset, "ppo")
     if ppo.get("enabled"):
-        popts = overrides_dict(ppo.get("overrides", []))
+        popts = overrides_dict(ppo["overrides"])
         tokens = ppo["ppo_micro_batch_size_per_gpu"] * (config["data"]["max_prompt_length"] + ppo["max_response_length"])
         actor = training_bytes(shape, world, tokens, popts, "actor_rollout_ref.")
         critic = training_bytes(shape, world, tokens, popts, "critic.")
@@ -160,6 +168,6 @@ def estimate_gib(config: dict, preset: dict, workdir: Path = Path(".")) -> float
     if shape is None or not preset["gpus_per_node"]:
         return None
     world = preset["nnodes"] * preset["gpus_per_node"]
-    sft = {**config["sft"], **preset.get("sft", {})}
-    opts = overrides_dict(sft.get("overrides", []))
+    sft = stage_settings(config, preset, "sft")
+    opts = overrides_dict(sft["overrides"])
     return (sum(training_bytes(shape, world, sft_tokens(sft, opts), opts).values()) * 1.05 + 1.5 * GIB) / GIB

@@ -30,8 +30,30 @@ def child_env(extra: dict[str, str] | None = None, procs_per_node: int = 1) -> d
         env.update(cpu_env(procs_per_node))
     env.update(extra or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("WANDB_MODE", "offline")  # online only when the user asks (wandb.mode) and has a key
     return env
+
+
+def loggers(logging: dict, out_dir: Path) -> tuple[str, dict[str, str]]:
+    """verl's trainer.logger list and the environment for it. W&B runs offline unless asked (no account needed);
+    its key, like every secret, stays in the environment and never reaches argv, config or logs."""
+    names, env = ["console", "file"], {}
+    if logging.get("wandb", "offline") != "disabled":
+        names.append("wandb")
+        env = {"WANDB_MODE": logging.get("wandb", "offline"), "WANDB_DIR": str(out_dir.resolve()), "WANDB_SILENT": "true"}
+    if logging.get("tensorboard"):
+        names.append("tensorboard")
+        env["TENSORBOARD_DIR"] = str((out_dir / "tensorboard").resolve())
+    return f"trainer.logger=[{','.join(names)}]", env
+
+
+def attention_fallback(overrides: list[str], prefixes: list[str]) -> list[str]:
+    """On GPUs verl asks for flash-attn (its default, fastest with padding removal). Where flash-attn is not
+    installed, ask for SDPA instead, unless the preset's overrides name an attention implementation."""
+    import importlib.util
+
+    if any("attn_implementation=" in o for o in overrides) or importlib.util.find_spec("flash_attn"):
+        return []
+    return [f"+{p}model.override_config.attn_implementation=sdpa" for p in prefixes]
 
 
 def prepare_work_dir(work_dir: Path, settings: dict) -> bool:

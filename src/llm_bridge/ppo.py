@@ -44,7 +44,6 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
         f"critic.model.path={sft_model}",
         f"critic.optim.lr={ppo['critic_lr']}",
         f"critic.ppo_micro_batch_size_per_gpu={ppo.get('critic_micro_batch_size_per_gpu', micro)}",
-        "trainer.logger=[console,file]",
         "trainer.project_name=llm-bridge",
         "trainer.experiment_name=ppo",
         "trainer.val_before_train=False",
@@ -60,6 +59,8 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
         args.append(f"trainer.total_training_steps={ppo['total_training_steps']}")
     if cluster["gpus_per_node"] == 0:
         args += cpu_overrides(cluster)
+    else:
+        args += launch.attention_fallback(ppo.get("overrides", []), ["actor_rollout_ref.", "critic."])
     return args + list(ppo.get("overrides", []))
 
 
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> None:
                                params["max_prompt_length"], params["seed"])
     resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
     print(f"[ppo] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
-    env = launch.child_env({"VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)), "LLM_BRIDGE_VLLM_ROLLOUT": "1",
+    logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
+    # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
+    overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
+    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)), "LLM_BRIDGE_VLLM_ROLLOUT": "1",
                             "RAY_DEDUP_LOGS": "0"}, cluster["procs_per_node"])
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
     launch.run(cmd, env, args.out_dir / "train.log", params["stall_timeout_s"], "verl PPO")

@@ -37,13 +37,14 @@ def verl_overrides(sft: dict, base_model: Path, data_dir: Path, ckpt_dir: Path, 
         f"trainer.default_local_dir={ckpt_dir}",
         "trainer.project_name=llm-bridge",
         f"trainer.experiment_name={sft.get('experiment_name', 'sft')}",
-        "trainer.logger=[console,file]",
         "trainer.resume_mode=auto",
         f"trainer.nnodes={cluster['nnodes']}",
         f"trainer.n_gpus_per_node={cluster['procs_per_node']}",
     ]
     if cluster["gpus_per_node"] == 0:
         args += CPU_OVERRIDES
+    else:
+        args += launch.attention_fallback(sft.get("overrides", []), [""])
     return args + list(sft.get("overrides", []))
 
 
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = verl_overrides(params["sft"], args.base_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster, params["seed"])
     resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": params["cluster"]})
     print(f"[sft] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
-    env = launch.child_env({"VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))}, cluster["procs_per_node"])
+    logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
+    # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
+    overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
+    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))},
+                           cluster["procs_per_node"])
     launch.run(torchrun_command(cluster, overrides), env, args.out_dir / "train.log", params["stall_timeout_s"], "verl SFT")
     if cluster.get("node_rank", 0) != 0:
         return  # the first node writes the result

