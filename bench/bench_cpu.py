@@ -89,8 +89,11 @@ def main() -> None:
     table.add_row("end-to-end wall time (fresh run)", f"{wall:.0f} s")
     table.add_row("peak memory, whole process tree", f"{peak / 2**30:.2f} GiB")
     table.add_row("no-op rerun decision (snakemake -n, median of 3)", f"{statistics.median(noop):.2f} s")
-    for stage, seconds in stage_seconds(workdir).items():
+    stages = stage_seconds(workdir)
+    for stage, seconds in stages.items():
         table.add_row(f"  stage {stage}", f"{seconds:.0f} s")
+    step_total = sum(s.get("timing_s/step", 0) for s in ppo_steps)
+    table.add_row("  PPO start-up + shut-down (Ray, vLLM, workers: stage time minus steps)", f"{stages.get('ppo', 0) - step_total:.0f} s")
     for key in ("gen", "old_log_prob", "ref", "values", "update_critic", "update_actor", "update_weights", "step"):
         values = [s[f"timing_s/{key}"] for s in steady if f"timing_s/{key}" in s]
         if values:

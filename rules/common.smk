@@ -55,13 +55,99 @@ def cluster():
     return {k: PRESET[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")}
 
 
+SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos"}  # preset key -> plugin resource
+MULTI_NODE_RULES = ("sft", "ppo")  # rules whose job spans the preset's nnodes nodes
+# sft and ppo resume from verl's latest checkpoint: SLURM may requeue them (preemption, node failure), and the
+# restarted job appends to its log instead of truncating it
+REQUEUE = "--requeue --open-mode=append"
+
+
 def slurm_resources(rule_name):
-    """Per-rule cluster resources from the preset (the profile holds no per-rule values)."""
-    res = {**PRESET["slurm"].get("default", {}), **PRESET["slurm"].get(rule_name, {})}
-    for key in ("partition", "account", "qos"):
-        if key in PRESET["slurm"]:
-            res[f"slurm_{key}" if key != "account" else "slurm_account"] = PRESET["slurm"][key]
+    """Per-rule cluster resources from the preset (the profile holds no per-rule values), in the names the SLURM
+    executor plugin (2.6.1) reads. The preset's `gpu` is GPUs per node: one node asks for --gpus=N, several nodes
+    for --gres=gpu:N (per node), and never one task per GPU (the plugin's default --ntasks-per-gpu would multiply
+    cpus_per_task by the GPU count). With nnodes > 1, sft and ppo span nnodes nodes with one task per node
+    (mpi="srun": the rule's shell runs in the allocation and starts one torchrun / Ray worker per node)."""
+    slurm = PRESET["slurm"]
+    res = {**slurm.get("default", {}), **slurm.get(rule_name, {})}
+    for key, name in SLURM_NAMES.items():
+        if key in slurm:
+            res[name] = slurm[key]
+    if rule_name in MULTI_NODE_RULES:
+        nodes = PRESET["nnodes"]
+        if res.get("nodes", nodes) != nodes:
+            raise WorkflowError(f"preset {PRESET['name']}: slurm.{rule_name}.nodes={res['nodes']} but nnodes={nodes}; "
+                                "drop slurm.*.nodes (it follows nnodes)")
+        if nodes > 1:
+            res.update(nodes=nodes, tasks=nodes, mpi="srun")
+        res["slurm_extra"] = " ".join(x for x in (res.get("slurm_extra"), REQUEUE) if x)
+    gpus, model = res.pop("gpu", 0), res.pop("gpu_model", None)
+    if gpus:
+        if int(res.get("nodes", 1)) > 1:
+            res["gres"] = f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"
+        else:
+            res.update(gpu=gpus, **({"gpu_model": model} if model else {}))
+        res["tasks_per_gpu"] = 0
     return res
+
+
+def srun_per_node(rule_name):
+    """Shell prefix of a rule that spans nodes: one task per node of the job's allocation (its tasks see
+    SLURM_NODEID etc.; the rule's own shell, run by the plugin's jobstep, does not). Empty on one node."""
+    nodes = PRESET["nnodes"]
+    if nodes == 1:
+        return ""
+    cpus = slurm_resources(rule_name).get("cpus_per_task")
+    return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1{f' --cpus-per-task={cpus}' if cpus else ''}"
+            " --kill-on-bad-exit=1 --label ")
+
+
+def _preset_default_resources():
+    """Every rule (not only those that call slurm_resources) gets the preset's default resources, partition,
+    account and QOS; the profile's default-resources are only the fallback below them. Snakemake has no public
+    hook for a workflow-wide default, so this extends the parsed defaults that each rule copies when it is
+    defined (snakemake 9.27, pinned)."""
+    from snakemake.resources import Resources
+
+    defaults = {k: v for k, v in slurm_resources("default").items()}
+    try:
+        workflow.resource_settings._parsed_default_resources.update(Resources.from_mapping(defaults))
+    except AttributeError:
+        print("llm-bridge: warning: could not apply the preset's default SLURM resources to every rule "
+              "(snakemake internals changed); only sft, ppo, merged_model and evaluate get them")
+
+
+_preset_default_resources()
+
+
+def _check_before_submission():
+    """Runs from `onstart`: Snakemake has built the DAG (and the executor) and submitted nothing yet. With the
+    SLURM executor, every job's resources are checked against the cluster (llm_bridge.slurm_check); a preset
+    that spans nodes is refused outside SLURM."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    name = getattr(plugin, "name", "")
+    jobs = [(job.rule.name, dict(job.resources.items())) for job in workflow.dag.needrun_jobs()
+            if not (job.is_local or job.is_norun)]  # `all` and other local jobs are never submitted
+    spans = [r for r, _ in jobs if r in MULTI_NODE_RULES]
+    if name != "slurm":
+        if PRESET["nnodes"] > 1 and spans and "SLURM_JOB_ID" not in os.environ:
+            raise WorkflowError(f"preset {PRESET['name']} spans {PRESET['nnodes']} nodes ({', '.join(sorted(set(spans)))}): "
+                                "run it on a SLURM cluster with `snakemake --profile slurm ...`")
+        return
+    from llm_bridge import slurm_check
+
+    if not slurm_check.available():
+        raise WorkflowError("the SLURM executor is selected, but sinfo/scontrol are not on PATH")
+    fix = (f"in config/presets/{PRESET['name']}.yaml (or for one run: --set-resources <rule>:<resource>=<value>)")
+    problems = slurm_check.check_jobs(jobs, fix)
+    if problems:
+        raise WorkflowError("the SLURM cluster cannot run this workflow as configured; nothing was submitted:\n  "
+                            + "\n  ".join(problems))
+    print(f"llm-bridge: {len(jobs)} job(s) checked against the SLURM cluster (partitions, GPUs, accounts): OK")
+
+
+onstart:
+    _check_before_submission()
 
 
 def upload_repo_id():

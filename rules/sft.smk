@@ -16,5 +16,7 @@ rule sft:
     log:
         f"{RUN}/logs/sft.log",
     shell:
-        "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir {RUN}/parquet"
+        # one node: the plugin's jobstep runs this; several nodes: one `python -m llm_bridge.sft` (one torchrun)
+        # per node through srun, rendezvous on the allocation's first node
+        srun_per_node("sft") + "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir {RUN}/parquet"
         " --out-dir {RUN}/sft 2>&1 | tee {log}" + record("sft")

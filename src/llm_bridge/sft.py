@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from llm_bridge import atomic, launch, metrics
+from llm_bridge.errors import InputError
 
 
 def verl_overrides(sft: dict, base_model: Path, data_dir: Path, ckpt_dir: Path, cluster: dict, seed: int) -> list[str]:
@@ -70,8 +71,11 @@ def torchrun_command(cluster: dict, overrides: list[str]) -> list[str]:
     if cluster["nnodes"] == 1:
         cmd.append("--standalone")
     else:
+        # the first node hosts the rendezvous store, the others only join: said explicitly, since torch's guess
+        # (does the endpoint name this machine?) is wrong when nodes share a host or resolve to loopback
         cmd += [f"--nnodes={cluster['nnodes']}", "--rdzv_backend=c10d",
-                f"--rdzv_endpoint={cluster['rdzv_host']}:{cluster['rdzv_port']}", f"--rdzv_id={cluster['rdzv_id']}"]
+                f"--rdzv_endpoint={cluster['rdzv_host']}:{cluster['rdzv_port']}", f"--rdzv_id={cluster['rdzv_id']}",
+                f"--rdzv_conf=is_host={1 if cluster.get('node_rank', 0) == 0 else 0}"]
     return cmd + ["-m", "verl.trainer.sft_trainer"] + overrides
 
 
@@ -84,18 +88,29 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = json.loads(args.params)
     cluster = dict(params["cluster"], **launch.rendezvous())
+    node_rank = cluster.get("node_rank", 0)
+    if cluster["nnodes"] > 1 and cluster.get("step_nnodes") != cluster["nnodes"]:
+        raise InputError(f"this preset spans {cluster['nnodes']} nodes, but this runs on {cluster.get('step_nnodes', 1)}: start it "
+                         f"once per node inside a SLURM allocation of {cluster['nnodes']} nodes, as the sft rule does with "
+                         "`snakemake --profile slurm` (srun --ntasks-per-node=1)")
     work = args.out_dir / "checkpoints"
     overrides = verl_overrides(params["sft"], args.base_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster, params["seed"])
-    resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": params["cluster"]})
-    print(f"[sft] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
+    settings = {"overrides": overrides, "cluster": params["cluster"]}
+    if node_rank == 0:  # one node decides whether the checkpoints are kept; the others wait for its stamp
+        resuming = launch.prepare_work_dir(work, settings)
+    else:
+        resuming = launch.wait_for_work_dir(work, settings, params["stall_timeout_s"])
+    where = f"node {node_rank} of {cluster['nnodes']}: " if cluster["nnodes"] > 1 else ""
+    print(f"[sft] {where}{'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
     overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))},
                            cluster["procs_per_node"])
-    launch.run(torchrun_command(cluster, overrides), env, args.out_dir / "train.log", params["stall_timeout_s"], "verl SFT")
-    if cluster.get("node_rank", 0) != 0:
-        return  # the first node writes the result
+    log = args.out_dir / ("train.log" if node_rank == 0 else f"train-node{node_rank}.log")
+    launch.run(torchrun_command(cluster, overrides), env, log, params["stall_timeout_s"], "verl SFT")
+    if node_rank != 0:
+        return  # the first node writes the result (verl's last save ends in a barrier: every rank is done)
     checkpoint = launch.latest_checkpoint(work)
     steps = metrics.collect(work)
     atomic.write_json(args.out_dir / "result.json", {

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# What a device command calls, from the repository root of the lent GPU machine (no network there):
+#   bash scripts/gpu/run_on_device.sh TASK...        with .whl (scripts/gpu/prepare_wheels.sh) and .gpu/gsm8k carried
+# Tasks, in the order given:
+#   data                 raw_data + parquet stages on real GSM8K, and a random-init model of the exact
+#                        Llama-3.2-1B-Instruct shape with a GSM8K-trained tokenizer (scripts/gpu/prepare_run.py)
+#   pipeline[=STEPS]     the `sft` stage (python -m llm_bridge.sft, preset h200x1, what rules/sft.smk passes,
+#                        STEPS steps), then the `merged_model` stage (verl.model_merger + load and generate)
+#   rollout-probe        which of verl's rollout backends can run here (PPO needs one)
+#   bench=ROWS           bench/bench_gpu.py with those rows, in the time left
+# Logs and results go to $OUT (at most 8 files come back: logs are packed into tarballs).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/llm-bridge-out}; LIMIT=${LIMIT:-570}; WORK=$PWD/.gpu/work; LOGS=/tmp/llm-bridge-logs
+mkdir -p "$OUT" "$LOGS" "$WORK"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The lent machines forbid NVLink multicast (KINDS.md); set here too so every child inherits it.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+left() { echo $(( LIMIT - SECONDS )); }
+
+if [[ ! -f /tmp/site/.done ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && tar -C /tmp/site -xJf .whl/ray-slim.tar.xz && touch /tmp/site/.done || { echo "wheel install failed"; exit 1; }
+fi
+export PYTHONPATH=/tmp/site:$PWD/src
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch, transformers, verl; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"transformers", transformers.__version__, "verl", verl.__version__, "gpus", torch.cuda.device_count())'
+  python3 -c 'import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ("flash_attn", "vllm", "sglang", "tensorrt_llm", "liger_kernel")})'
+} 2>&1 | tee "$OUT/info.txt"
+
+for task in "$@"; do
+  echo "=== $task ($(left) s left)" | tee -a "$OUT/info.txt"
+  case $task in
+    data)
+      python3 scripts/gpu/prepare_run.py data --work "$WORK" 2>&1 | tee "$LOGS/data.log" | grep -v Writing ;;
+    pipeline*)
+      steps=${task#pipeline}; steps=${steps#=}; steps=${steps:-6}
+      params=$(python3 scripts/gpu/prepare_run.py params --preset h200x1 --stage sft --override "trainer.total_training_steps=$steps")
+      rm -rf "$WORK/sft" "$WORK/merged_model"
+      ( set -o pipefail
+        timeout "${SFT_TIMEOUT:-240}" python3 -m llm_bridge.sft --params "$params" --base-model "$WORK/base_model" --data-dir "$WORK/parquet" \
+          --out-dir "$WORK/sft" 2>&1 | grep -E "^\[|step:|Error|error|Traceback|out of memory" | tail -40
+        timeout "${MERGE_TIMEOUT:-150}" python3 -m llm_bridge.merge --result "$WORK/sft/result.json" --out-dir "$WORK/merged_model" 2>&1 | tail -5
+      ) 2>&1 | tee "$LOGS/pipeline.log" | tee -a "$OUT/info.txt"
+      cp "$WORK/sft/result.json" "$LOGS/sft_result.json" 2>/dev/null; cp "$WORK/sft/train.log" "$LOGS/sft_train.log" 2>/dev/null
+      ls -la "$WORK/merged_model" >> "$LOGS/pipeline.log" 2>&1 ;;
+    rollout-probe)
+      python3 - <<'EOF' 2>&1 | grep -v Warning | tee -a "$OUT/info.txt"
+from verl.workers.rollout.replica import RolloutReplicaRegistry
+for name in sorted(RolloutReplicaRegistry._registry):
+    try:
+        RolloutReplicaRegistry.get(name)
+        print(f"rollout {name}: loads")
+    except Exception as exc:
+        print(f"rollout {name}: cannot load here: {type(exc).__name__}: {str(exc)[:120]}")
+EOF
+      ;;
+    bench=*)
+      python3 bench/bench_gpu.py --model-dir "$WORK/base_model" --data-dir "$WORK/parquet" --out /tmp/bench \
+        --rows "${task#bench=}" --deadline $(( $(left) - 25 )) --profile-step "${PROFILE_STEP:-0}" 2>&1 \
+        | grep -E "^\[bench\]|^\||^torch" | tee -a "$OUT/info.txt"
+      cp /tmp/bench/table.md /tmp/bench/results.json /tmp/bench/profile.txt "$OUT/" 2>/dev/null ;;
+    *) echo "unknown task $task" ;;
+  esac
+done
+tar -C /tmp -czf "$OUT/logs.tgz" llm-bridge-logs $( [[ -d /tmp/bench ]] && echo bench ) 2>/dev/null
+echo "done in $SECONDS s"

@@ -1,0 +1,171 @@
+"""Hardware presets (no GPU needed): each loads and validates, resolves to a complete verl command line that verl's
+own hydra config accepts (an unknown or misspelt key fails the compose), and the memory fit check refuses an
+impossible preset with the knob to turn while accepting the real ones."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from llm_bridge import fit, launch, ppo, sft
+from llm_bridge.checks import check_all
+from llm_bridge.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted(p.stem for p in (REPO / "config" / "presets").glob("*.yaml") if p.stem != "schema")
+GPU_PRESETS = [p for p in PRESETS if p != "cpu"]
+
+
+def load(name: str) -> dict:
+    return {**yaml.safe_load((REPO / "config" / "presets" / f"{name}.yaml").read_text()), "name": name}
+
+
+def base_config(model: str = "meta-llama/Llama-3.2-1B-Instruct") -> dict:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["model"]["source"], config["model"]["hub"]["id"] = "hub", model
+    config["data"]["max_prompt_length"] = 512  # the seed's (a real tokenizer's GSM8K prompts exceed the tiny 96)
+    return config
+
+
+def compose(config_name: str, overrides: list[str]):
+    """verl's own config, composed by hydra exactly as `python -m verl.trainer.<x> <overrides>` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import verl.trainer
+
+    with initialize_config_dir(config_dir=str(Path(verl.trainer.__file__).parent / "config"), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def cluster(preset: dict) -> dict:
+    return {k: preset[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_validates_and_says_how_to_use_it(name):
+    schema = yaml.safe_load((REPO / "config" / "presets" / "schema.yaml").read_text())
+    preset = yaml.safe_load((REPO / "config" / "presets" / f"{name}.yaml").read_text())
+    jsonschema.validate(preset, schema)
+    head = (REPO / "config" / "presets" / f"{name}.yaml").read_text().splitlines()[:4]
+    assert any("snakemake" in line for line in head), f"{name}.yaml should open with the command that uses it"
+    if name != "cpu":
+        assert preset["gpus_per_node"] > 0 and preset["gpu"]["memory_gib"] > 0
+
+
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_sft_command_is_accepted_by_verls_own_config(name, tmp_path):
+    preset = load(name)
+    settings = fit.stage_settings(base_config(), preset, "sft")
+    overrides = sft.verl_overrides(settings, tmp_path / "model", tmp_path / "data", tmp_path / "ckpt", cluster(preset), 0)
+    cmd = sft.torchrun_command({**cluster(preset), "rdzv_host": "node1", "rdzv_port": 29500, "rdzv_id": "x"}, overrides)
+    assert cmd[cmd.index("-m", 2) + 1] == "verl.trainer.sft_trainer"
+    assert f"--nproc_per_node={preset['procs_per_node']}" in cmd
+    cfg = compose("sft_trainer_engine", overrides)
+    assert cfg.trainer.device == "cuda" and cfg.engine.strategy in ("fsdp", "fsdp2")
+    assert cfg.trainer.nnodes == preset["nnodes"] and cfg.trainer.n_gpus_per_node == preset["procs_per_node"]
+    assert cfg.data.micro_batch_size_per_gpu == settings["micro_batch_size_per_gpu"]
+    assert cfg.engine.dtype == "bfloat16"  # bf16 compute on GPUs (the CPU preset computes in fp32)
+    assert "attn_implementation" in cfg.model.override_config or launch.attention_fallback([], [""]) == []
+
+
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_ppo_command_is_accepted_by_verls_own_config(name, tmp_path):
+    preset = load(name)
+    settings = fit.stage_settings(base_config(), preset, "ppo")
+    overrides = ppo.verl_overrides(settings, tmp_path / "sft_model", tmp_path / "data", tmp_path / "ckpt", cluster(preset),
+                                   512, 0)
+    cfg = compose("ppo_trainer", overrides)
+    assert cfg.actor_rollout_ref.rollout.name == "vllm"  # production rollout
+    assert cfg.actor_rollout_ref.rollout.gpu_memory_utilization == settings["gpu_memory_utilization"]
+    assert cfg.trainer.n_gpus_per_node == preset["gpus_per_node"] and cfg.trainer.nnodes == preset["nnodes"]
+    assert cfg.data.train_batch_size == settings["train_batch_size"]
+
+
+def test_seed_numbers_are_carried():
+    h100 = fit.stage_settings(base_config(), load("h100x8"), "ppo")
+    assert (h100["train_batch_size"], h100["max_response_length"], h100["ppo_mini_batch_size"]) == (256, 256, 64)
+    assert (h100["actor_lr"], h100["critic_lr"], h100["kl_coef"], h100["gpu_memory_utilization"]) == (1e-6, 1e-5, 0.001, 0.4)
+    assert (h100["save_freq"], h100["test_freq"], h100["ppo_micro_batch_size_per_gpu"]) == (10, 10, 4)
+    cfg = compose("ppo_trainer", ppo.verl_overrides(h100, Path("m"), Path("d"), Path("c"), cluster(load("h100x8")), 512, 0))
+    assert cfg.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 8
+    assert cfg.data.max_prompt_length == 512
+    seed_sft = fit.stage_settings(base_config(), load("h100x8"), "sft")
+    assert (seed_sft["micro_batch_size_per_gpu"], seed_sft["total_epochs"]) == (8, 2)
+    rtx = load("rtx4090x4")
+    assert rtx["env"]["NCCL_IB_DISABLE"] == "1" and rtx["env"]["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    assert (rtx["nnodes"], rtx["gpus_per_node"], rtx["sft"]["micro_batch_size_per_gpu"]) == (2, 2, 4)
+    assert "model.enable_gradient_checkpointing=True" in rtx["sft"]["overrides"]
+    assert load("h100x16")["nnodes"] == 2
+
+
+def test_run_overrides_win_over_the_presets():
+    config = base_config()
+    config["sft"]["overrides"] = ["data.max_token_len_per_gpu=4096"]
+    merged = fit.stage_settings(config, load("h200x1"), "sft")
+    assert merged["overrides"][-1] == "data.max_token_len_per_gpu=4096"
+    assert compose("sft_trainer_engine", merged["overrides"]).data.max_token_len_per_gpu == 4096
+
+
+@pytest.fixture(autouse=True)
+def no_disk_check(monkeypatch):
+    """check_all also wants disk for a 1B model's checkpoints; CI machines may not have it, nor need it here."""
+    monkeypatch.setattr("llm_bridge.checks.check_disk", lambda *a, **k: [])
+
+
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_fit_accepts_the_real_presets(name):
+    check_all(base_config(), load(name), REPO)  # raises InputError if anything, fit included, is refused
+
+
+def test_fit_refuses_8b_on_4090s_without_checkpointing():
+    preset = load("rtx4090x4")
+    preset["sft"] = {**preset["sft"], "micro_batch_size_per_gpu": 16,
+                     "overrides": ["data.use_dynamic_bsz=False", "model.enable_gradient_checkpointing=False"]}
+    with pytest.raises(InputError) as err:
+        check_all(base_config("meta-llama/Llama-3.1-8B-Instruct"), preset, REPO)
+    message = str(err.value)
+    assert "does not fit on a RTX 4090" in message and "more GPUs" in message and "offload" in message
+
+
+def test_fit_names_the_activation_knobs_when_states_fit():
+    preset = load("rtx4090x4")
+    preset["sft"] = {**preset["sft"], "micro_batch_size_per_gpu": 16,
+                     "overrides": ["data.use_dynamic_bsz=False", "model.enable_gradient_checkpointing=False"]}
+    problems = fit.check_fit(base_config(), preset)
+    assert len(problems) == 1 and "micro_batch_size_per_gpu" in problems[0] and "gradient_checkpointing" in problems[0]
+    preset["sft"]["overrides"] = ["data.use_dynamic_bsz=False", "model.enable_gradient_checkpointing=True"]
+    preset["sft"]["micro_batch_size_per_gpu"] = 4
+    assert fit.check_fit(base_config(), preset) == []
+
+
+def test_fit_model_shapes():
+    config = base_config()
+    assert fit.parameter_count(config["model"]) == 1_235_814_400  # Llama-3.2-1B: 1.24B with tied embeddings
+    tiny = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["model"]
+    assert fit.model_shape(tiny)["hidden_size"] == tiny["tiny"]["hidden_size"]
+    unknown = copy.deepcopy(config)
+    unknown["model"]["hub"]["id"] = "someone/unknown-model"
+    assert fit.check_fit(unknown, load("rtx4090x4")) == []  # shape unknown here: not refused
+    assert fit.check_fit(config, load("cpu")) == []
+
+
+def test_gpu_support_registers_varlen_attention():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_bridge import gpu_support
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, attn_implementation=gpu_support.ATTN_NAME)
+    model = LlamaForCausalLM(config)
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    assert model(input_ids=torch.randint(0, 64, (1, 9)), position_ids=pos).logits.shape == (1, 9, 64)
+    cu, longest = gpu_support._boundaries(pos)
+    assert cu.tolist() == [0, 3, 5, 9] and longest == 4
+    logits, labels = torch.randn(5, 64), torch.randint(0, 64, (5,))
+    want = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
+    assert torch.allclose(gpu_support.logprobs_vectorised(logits, labels), want, atol=1e-5)
