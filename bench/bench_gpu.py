@@ -33,10 +33,13 @@ BENCH = ["trainer.logger=[console]", "trainer.save_freq=-1", "trainer.resume_mod
 VARIANTS = {
     "seed-fused": ("h100x8", ["model.use_remove_padding=False", "model.use_fused_kernels=True",
                               "model.fused_kernel_options.impl_backend=torch"], {}),
+    # the tuned preset with verl's own knob for the log-probs instead of the vectorised patch
+    "tuned-fused": ("h200x1", ["model.use_fused_kernels=True", "model.fused_kernel_options.impl_backend=torch"],
+                    {"LLM_BRIDGE_FAST_LOGPROBS": "0"}),
+    "tuned-fused-triton": ("h200x1", ["model.use_fused_kernels=True", "model.fused_kernel_options.impl_backend=triton"],
+                           {"LLM_BRIDGE_FAST_LOGPROBS": "0"}),
     "tuned-sdpa": ("h200x1", ["+model.override_config.attn_implementation=sdpa"], {}),
-    "tuned-vectorised": ("h200x1", ["model.use_fused_kernels=False"], {"LLM_BRIDGE_FAST_LOGPROBS": "1"}),
-    "tuned-triton": ("h200x1", ["model.fused_kernel_options.impl_backend=triton"], {}),
-    "tuned-liger": ("h200x1", ["model.use_liger=True"], {}),
+    "tuned-noliger": ("h200x1", ["model.use_liger=False"], {}),
     "tuned-8k": ("h200x1", ["data.max_token_len_per_gpu=8192"], {}),
     "tuned-32k": ("h200x1", ["data.max_token_len_per_gpu=32768"], {}),
     "tuned-bf16": ("h200x1", ["engine.model_dtype=bf16"], {}),

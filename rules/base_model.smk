@@ -1,7 +1,7 @@
 rule base_model:
     output:
         model=directory(f"{RUN}/base_model"),
-        manifest=f"{RUN}/manifests/base_model.json",
+        manifest=report(f"{RUN}/manifests/base_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/base_model.py",
         train=rules.raw_data.output.train,  # the tiny model's tokenizer is trained on it

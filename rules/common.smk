@@ -1,6 +1,7 @@
 # Config validation, the hardware preset, and the small functions the rules call.
 import json
 import os
+import sys
 
 import yaml
 from pathlib import Path
@@ -12,6 +13,11 @@ from llm_bridge.fit import stage_settings
 from llm_bridge.errors import InputError
 
 validate(config, "../config/schema.yaml")
+
+# The rules' `python -m llm_bridge.<stage>` must be the interpreter Snakemake runs in (the project's environment),
+# also where it is not activated (`.venv/bin/snakemake ...`) and in SLURM jobs, which inherit this environment.
+if os.path.dirname(sys.executable) not in os.environ.get("PATH", "").split(os.pathsep)[:1]:
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
 def load_preset(name):

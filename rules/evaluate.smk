@@ -6,7 +6,7 @@ if PPO:
 rule evaluate:
     output:
         eval=f"{RUN}/evaluate/eval.json",
-        manifest=f"{RUN}/manifests/evaluate.json",
+        manifest=report(f"{RUN}/manifests/evaluate.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/evaluate.py",
         test=rules.parquet.output.test,

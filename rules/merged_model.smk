@@ -2,7 +2,7 @@ rule merged_model:
     """The last trained stage (PPO when enabled, else SFT) as a Hugging Face model folder."""
     output:
         model=directory(f"{RUN}/merged_model"),
-        manifest=f"{RUN}/manifests/merged_model.json",
+        manifest=report(f"{RUN}/manifests/merged_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/merge.py",
         result=f"{RUN}/{LAST_TRAINED}/result.json",
@@ -21,7 +21,7 @@ rule sft_model:
     follows; otherwise merged_model is the SFT model)."""
     output:
         model=directory(f"{RUN}/sft/model"),
-        manifest=f"{RUN}/manifests/sft_model.json",
+        manifest=report(f"{RUN}/manifests/sft_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/merge.py",
         result=f"{RUN}/sft/result.json",

@@ -4,7 +4,7 @@ rule parquet:
         test=f"{RUN}/parquet/test.parquet",
         sft_train=f"{RUN}/parquet/sft_train.parquet",
         sft_test=f"{RUN}/parquet/sft_test.parquet",
-        manifest=f"{RUN}/manifests/parquet.json",
+        manifest=report(f"{RUN}/manifests/parquet.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/parquet.py",
         raw=rules.raw_data.output,

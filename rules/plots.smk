@@ -4,7 +4,7 @@ rule plots:
         sft=report(f"{RUN}/report/sft_loss.svg", category="1. Training", caption="../report/sft_loss.rst"),
         ppo=report(f"{RUN}/report/ppo_curves.svg", category="1. Training", caption="../report/ppo_curves.rst") if PPO else [],
         table=report(f"{RUN}/report/eval_table.html", category="2. Evaluation", caption="../report/eval_table.rst"),
-        manifest=f"{RUN}/manifests/plots.json",
+        manifest=report(f"{RUN}/manifests/plots.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/plots.py",
         sft=f"{RUN}/sft/result.json",

@@ -1,7 +1,7 @@
 rule ppo:
     output:
         result=f"{RUN}/ppo/result.json",
-        manifest=f"{RUN}/manifests/ppo.json",
+        manifest=report(f"{RUN}/manifests/ppo.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=[f"{SRC}/ppo.py", f"{SRC}/launch.py"],
         sft_model=f"{RUN}/sft/model",

@@ -2,7 +2,7 @@ rule raw_data:
     output:
         train=f"{RUN}/raw_data/train.jsonl",
         test=f"{RUN}/raw_data/test.jsonl",
-        manifest=f"{RUN}/manifests/raw_data.json",
+        manifest=report(f"{RUN}/manifests/raw_data.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/raw_data.py",
         # a local source is a real input: editing the file reruns everything downstream

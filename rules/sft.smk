@@ -3,7 +3,7 @@ rule sft:
         # verl's checkpoints live in sft/checkpoints (kept across a kill, so a rerun resumes);
         # result.json, written last, names the finished checkpoint and holds the loss curve.
         result=f"{RUN}/sft/result.json",
-        manifest=f"{RUN}/manifests/sft.json",
+        manifest=report(f"{RUN}/manifests/sft.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=[f"{SRC}/sft.py", f"{SRC}/launch.py"],
         base_model=rules.base_model.output.model,

@@ -3,12 +3,12 @@
 rule model_card:
     output:
         model=directory(f"{RUN}/upload/model"),
-        manifest=f"{RUN}/manifests/model_card.json",
+        manifest=report(f"{RUN}/manifests/model_card.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/model_card.py",
         model=rules.merged_model.output.model,
         eval=rules.evaluate.output.eval,
-        manifest=f"{RUN}/manifests/merged_model.json",
+        manifest=report(f"{RUN}/manifests/merged_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     params:
         cfg=as_json(config),
     log:

@@ -43,11 +43,11 @@ def make_step(ckpt: Path, step: int, complete: bool = True) -> None:
 
 def test_corrupt_tracker_falls_back_to_newest_complete_checkpoint(tmp_path):
     ckpt = tmp_path / "checkpoints"
-    assert launch.prepare_work_dir(ckpt, {"lr": 1}) is False
+    assert launch.prepare_work_dir(ckpt, {"lr": 1}) == 0
     make_step(ckpt, 2)
     make_step(ckpt, 4, complete=False)  # the kill came while step 4 was being written
     (ckpt / "latest_checkpointed_iteration.txt").write_text("")  # ...and while the tracker was being written
-    assert launch.prepare_work_dir(ckpt, {"lr": 1}) is True
+    assert launch.prepare_work_dir(ckpt, {"lr": 1}) == 2
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "2"
     assert launch.latest_checkpoint(ckpt).name == "global_step_2"
 
@@ -57,7 +57,7 @@ def test_changed_settings_start_fresh(tmp_path):
     launch.prepare_work_dir(ckpt, {"lr": 1})
     make_step(ckpt, 2)
     (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
-    assert launch.prepare_work_dir(ckpt, {"lr": 2}) is False
+    assert launch.prepare_work_dir(ckpt, {"lr": 2}) == 0
     assert not (ckpt / "global_step_2").exists()
 
 

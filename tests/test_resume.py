@@ -23,7 +23,7 @@ def resume_config() -> dict:
     config["run_name"] = "resume"
     config["data"]["synthetic"] = {"n_train": 640, "n_test": 32}
     config["sft"].update(total_epochs=1, save_freq=4, train_batch_size=32, micro_batch_size_per_gpu=32)
-    config["ppo"].update(enabled=True, total_training_steps=4, save_freq=1)
+    config["ppo"].update(enabled=True, total_training_steps=6, save_freq=1)
     return config
 
 
@@ -70,14 +70,17 @@ def rerun(workdir: Path, configfile: Path, target: str, sig: int) -> None:
 
 
 def assert_resumed(run: Path, stage: str, killed_at: int, expected_final: int) -> None:
-    log = (run / stage / "train.log").read_text()
-    assert f"[launch] settings changed" not in log
+    assert "[launch] settings changed" not in (run / stage / "train.log").read_text()
     result = json.loads((run / stage / "result.json").read_text())
     assert result["global_step"] == expected_final
+    assert result["resumed_from_step"] >= killed_at >= 1
     steps = [m["step"] for m in result["metrics"]]
     assert steps[0] == 1 and steps[-1] == expected_final  # the steps logged before the kill are kept
-    # verl reports where it resumed from; it must be past step 0
-    assert f"global_step_{killed_at}" in log or f"global step: {killed_at}" in log
+    # verl's per-step log of the resumed attempt starts after the checkpoint, not at step 0
+    attempts = sorted((run / stage / "checkpoints").glob("metrics-*.jsonl"))
+    assert len(attempts) == 2
+    resumed_steps = [json.loads(line)["step"] for line in attempts[-1].read_text().splitlines() if line.strip()]
+    assert all(step > result["resumed_from_step"] for step in resumed_steps)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -97,7 +100,7 @@ def test_ppo_resumes_after_kill(prepared):
     snakemake(workdir, configfile, "sft_model")
     killed_at = kill_after_checkpoint(start(workdir, configfile, "ppo"), run / "ppo" / "checkpoints", signal.SIGKILL)
     rerun(workdir, configfile, "ppo", signal.SIGKILL)
-    assert_resumed(run, "ppo", killed_at, expected_final=4)
+    assert_resumed(run, "ppo", killed_at, expected_final=6)
     from test_pipeline import stray_processes
 
     assert stray_processes() == []
@@ -123,3 +126,22 @@ def test_merge_killed_mid_write_leaves_nothing_that_looks_finished(prepared, tmp
             break
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "merged"]
     assert all(name.endswith(".partial") for name in leftovers)  # temp folders of killed writers, never the output
+
+
+def test_second_snakemake_on_the_same_run_is_refused(prepared):
+    workdir, configfile = prepared
+    run = workdir / "runs" / "resume"
+    subprocess.run(["rm", "-rf", str(run / "sft")], check=True)
+    first = start(workdir, configfile, "sft")
+    try:
+        deadline = time.monotonic() + 120
+        while not (workdir / ".snakemake" / "locks").exists() or not any((workdir / ".snakemake" / "locks").iterdir()):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.2)
+        second = snakemake(workdir, configfile, "sft", check=False)
+        assert second.returncode != 0
+        assert "Directory cannot be locked" in second.stdout + second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=120)
+    assert not (run / "sft" / "result.json").exists()  # the refused run wrote nothing; the stopped one finished nothing

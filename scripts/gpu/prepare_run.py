@@ -85,7 +85,8 @@ def params(preset_name: str, stage_name: str, gsm8k: Path, max_prompt_length: in
     preset = yaml.safe_load((REPO / "config" / "presets" / f"{preset_name}.yaml").read_text())
     out = {stage_name: stage_settings(config, preset, stage_name), "seed": config["seed"],
            "cluster": {k: preset[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")},
-           "stall_timeout_s": preset["stall_timeout_s"]}
+           "stall_timeout_s": preset["stall_timeout_s"],
+           "logging": {**config.get("logging", {}), "wandb": "disabled"}}  # wandb is not among the carried wheels
     if stage_name == "ppo":
         out["max_prompt_length"] = config["data"]["max_prompt_length"]
     if preset.get("env"):

@@ -6,7 +6,7 @@ Estimate per GPU (bytes), FSDP full-shard over all ranks (verl's default):
   unsharded   2 wrapped layers in bf16 + fp32 grads, and the root unit (embeddings, lm_head) while it is gathered
   activations T * L * (16d + 8kv + 8i)   T tokens per micro batch; with gradient checkpointing only the layer
                                          inputs (2d per layer) plus one layer's full set are kept
-  logits      T * V * 6              bf16 logits + fp32 log-probs; fused kernels compute them in 512-token chunks
+  logits      T * V * 10             bf16 logits, their fp32 copy and fp32 log-probs (fused kernels: 512-token chunks)
   reserve     1.5 GiB + 5 %          CUDA context, NCCL buffers, allocator fragmentation
 On the recorded 1 x H200 runs (1.24B, 8192 tokens per micro batch; ../shared/docs/verl-on-the-gpu-machine.md)
 this gives 42 GiB without and 31 GiB with checkpointing, against 40 and 25 GiB measured: an upper bound that
@@ -102,7 +102,7 @@ def training_bytes(shape: dict, world: int, tokens: int, opts: dict, prefix: str
         "states": 0.0 if offload else n * 4 * p / world,
         "unsharded": 2 * layer * (2 + 4) + root * (2 + 4),
         "activations": tokens * (n_layers * 2 * d + per_layer_token) if ckpt else tokens * n_layers * per_layer_token,
-        "logits": min(tokens, FUSED_CHUNK) * v * 16 if fused else tokens * v * 6,
+        "logits": min(tokens, FUSED_CHUNK) * v * 16 if fused else tokens * v * 10,
     }
     return parts
 

@@ -56,25 +56,26 @@ def attention_fallback(overrides: list[str], prefixes: list[str]) -> list[str]:
     return [f"+{p}model.override_config.attn_implementation=sdpa" for p in prefixes]
 
 
-def prepare_work_dir(work_dir: Path, settings: dict) -> bool:
-    """Keep `work_dir` (and its checkpoints) only if it was made with the same settings; returns True when
-    resuming. A changed learning rate must not resume from checkpoints of the old one."""
+def prepare_work_dir(work_dir: Path, settings: dict) -> int:
+    """Keep `work_dir` (and its checkpoints) only if it was made with the same settings; returns the step verl
+    will resume from (0: from scratch). A changed learning rate must not resume from checkpoints of the old one."""
     stamp = work_dir / "settings.json"
     text = json.dumps(settings, sort_keys=True, indent=1)
     if work_dir.exists():
         if stamp.exists() and stamp.read_text() == text:
             repair_tracker(work_dir)
-            return True
+            tracker = work_dir / "latest_checkpointed_iteration.txt"
+            return int(tracker.read_text().strip()) if tracker.exists() else 0
         print(f"[launch] settings changed since {work_dir} was started: starting fresh", flush=True)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
     stamp.write_text(text)
-    return False
+    return 0
 
 
-def wait_for_work_dir(work_dir: Path, settings: dict, timeout: float) -> bool:
+def wait_for_work_dir(work_dir: Path, settings: dict, timeout: float) -> int:
     """The other nodes of a multi-node stage: wait until the first node has prepared `work_dir` for these
-    settings (prepare_work_dir), then report whether it holds checkpoints to resume from."""
+    settings (prepare_work_dir), then return the step verl will resume from (0: from scratch)."""
     stamp = work_dir / "settings.json"
     text = json.dumps(settings, sort_keys=True, indent=1)
     deadline = time.monotonic() + timeout
@@ -82,7 +83,8 @@ def wait_for_work_dir(work_dir: Path, settings: dict, timeout: float) -> bool:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the first node did not prepare {work_dir} within {timeout:.0f} s (no {stamp} with these settings)")
         time.sleep(0.5)
-    return (work_dir / "latest_checkpointed_iteration.txt").exists()
+    tracker = work_dir / "latest_checkpointed_iteration.txt"
+    return int(tracker.read_text().strip()) if tracker.exists() else 0
 
 
 def repair_tracker(ckpt_dir: Path) -> None:

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     work = args.out_dir / "checkpoints"
     overrides = verl_overrides(params["ppo"], args.sft_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster,
                                params["max_prompt_length"], params["seed"])
-    resuming = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
-    print(f"[ppo] {'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
+    resume_step = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
+    print(f"[ppo] {f'resuming from step {resume_step}' if resume_step else 'starting from step 0'}; checkpoints in {work}", flush=True)
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
     overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = metrics.collect(work)
     atomic.write_json(args.out_dir / "result.json", {
         "stage": "ppo", "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
+        "resumed_from_step": resume_step,
         "metrics": steps,
     })
     rewards = [s.get("critic/score/mean") for s in steps if "critic/score/mean" in s]

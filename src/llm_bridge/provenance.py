@@ -88,7 +88,8 @@ def build(rule: str, params: dict, inputs: list[Path], outputs: list[Path]) -> d
 def chain(artifact: Path, manifests_dir: Path) -> list[dict]:
     """The manifests behind `artifact`, newest stage first, following inputs back to the raw data."""
     manifests = [json.loads(p.read_text()) for p in sorted(manifests_dir.glob("*.json"))]
-    producer = {Path(o["path"]).resolve(): m for m in manifests for o in m["outputs"]}
+    base = manifests_dir.resolve().parents[2]  # paths are recorded relative to the workflow's folder
+    producer = {(base / o["path"]).resolve(): m for m in manifests for o in m["outputs"]}
     seen, order, todo = set(), [], [artifact.resolve()]
     while todo:
         manifest = producer.get(todo.pop(0))
@@ -96,7 +97,7 @@ def chain(artifact: Path, manifests_dir: Path) -> list[dict]:
             continue
         seen.add(manifest["rule"])
         order.append(manifest)
-        todo += [Path(i["path"]).resolve() for i in manifest["inputs"]]
+        todo += [(base / i["path"]).resolve() for i in manifest["inputs"]]
     return order
 
 

@@ -165,7 +165,7 @@ class RayCluster:
         self.log_dir = Path(log_dir)
         self.join_timeout = join_timeout
         self.srun_extra = list(srun_extra or [])
-        self.temp_dir = Path(os.environ.get("LLMB_RAY_TMPDIR", "/tmp")) / f"ray-llmb-{alloc.job_id}"
+        self.temp_dir = temp_root(alloc.job_id)
         self.head_ports = node_ports(alloc.job_id, 0, alloc.nnodes)
         self.head_ip = node_ip()
         self.address = f"{self.head_ip}:{self.head_ports.gcs}"
@@ -200,7 +200,7 @@ class RayCluster:
         self._kill_everywhere("leftovers of an earlier run of this job (requeue)")
         head_log = (self.log_dir / "head.log").open("a")
         self._head = subprocess.Popen([ray_executable(), "start", *ray_start_args(self.head_ports, self.num_cpus, self.num_gpus,
-                                                                                  self.temp_dir, head=True)],
+                                                                                  self.temp_dir / "0", head=True)],
                                       env=self.env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_for_gcs()
         if len(hosts) > 1:
@@ -340,6 +340,12 @@ class RayCluster:
                 print(f"[ray-cluster] warning: the cleanup step on {','.join(others)} did not finish in 120 s", flush=True)
 
 
+def temp_root(job_id: int | str) -> Path:
+    """Ray's files of this job on a node: <root>/<node index>/session_*/ (own folder per node, also when nodes
+    share a host: each node's log monitor then forwards only its own workers' output)."""
+    return Path(os.environ.get("LLMB_RAY_TMPDIR", "/tmp")) / f"ray-llmb-{job_id}"
+
+
 def marked_processes(job_id: int | str) -> list[int]:
     """Pids on this machine whose environment carries this job's marker (never this process or its parents)."""
     needle = f"{MARKER}={job_id}".encode() + b"\0"
@@ -393,9 +399,10 @@ def _worker(args) -> None:
     me = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     if me not in hosts:
         raise InputError(f"this node {me!r} is not one of the allocation's nodes {hosts}")
-    ports = node_ports(args.job_id, hosts.index(me), len(hosts))
+    index = hosts.index(me)
+    ports = node_ports(args.job_id, index, len(hosts))
     cmd = [ray_executable(), "start", f"--address={args.head}",
-           *ray_start_args(ports, args.num_cpus, args.num_gpus, Path(args.temp_dir), head=False)]
+           *ray_start_args(ports, args.num_cpus, args.num_gpus, Path(args.temp_dir) / str(index), head=False)]
     print(f"[ray-cluster] {me}: {' '.join(cmd)}", flush=True)
     os.execvpe(cmd[0], cmd, ray_env(dict(os.environ), args.job_id))
 
@@ -420,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         _worker(args)
     elif args.command == "kill":
         pids = kill_marked(args.job_id)
+        shutil.rmtree(temp_root(args.job_id), ignore_errors=True)
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         print(f"{node}: killed {len(pids)} process(es) of job {args.job_id}" if pids else f"{node}: nothing left of job {args.job_id}")
     else:

@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides = verl_overrides(params["sft"], args.base_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster, params["seed"])
     settings = {"overrides": overrides, "cluster": params["cluster"]}
     if node_rank == 0:  # one node decides whether the checkpoints are kept; the others wait for its stamp
-        resuming = launch.prepare_work_dir(work, settings)
+        resume_step = launch.prepare_work_dir(work, settings)
     else:
-        resuming = launch.wait_for_work_dir(work, settings, params["stall_timeout_s"])
+        resume_step = launch.wait_for_work_dir(work, settings, params["stall_timeout_s"])
     where = f"node {node_rank} of {cluster['nnodes']}: " if cluster["nnodes"] > 1 else ""
-    print(f"[sft] {where}{'resuming from ' + str(work) if resuming else 'starting'}; checkpoints in {work}", flush=True)
+    print(f"[sft] {where}{f'resuming from step {resume_step}' if resume_step else 'starting from step 0'}; checkpoints in {work}", flush=True)
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
     overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     steps = metrics.collect(work)
     atomic.write_json(args.out_dir / "result.json", {
         "stage": "sft", "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
+        "resumed_from_step": resume_step,
         "metrics": steps,
     })
     final = steps[-1] if steps else {}
