@@ -115,9 +115,8 @@ def _preset_default_resources():
     defined (snakemake 9.27, pinned)."""
     from snakemake.resources import Resources
 
-    defaults = {k: v for k, v in slurm_resources("default").items()}
     try:
-        workflow.resource_settings._parsed_default_resources.update(Resources.from_mapping(defaults))
+        workflow.resource_settings._parsed_default_resources.update(Resources.from_mapping(slurm_resources("default")))
     except AttributeError:
         print("llm-bridge: warning: could not apply the preset's default SLURM resources to every rule "
               "(snakemake internals changed); only sft, ppo, merged_model and evaluate get them")
@@ -145,7 +144,10 @@ def _check_before_submission():
     if not slurm_check.available():
         raise WorkflowError("the SLURM executor is selected, but sinfo/scontrol are not on PATH")
     fix = (f"in config/presets/{PRESET['name']}.yaml (or for one run: --set-resources <rule>:<resource>=<value>)")
-    problems = slurm_check.check_jobs(jobs, fix)
+    try:
+        problems = slurm_check.check_jobs(jobs, fix)
+    except RuntimeError as exc:  # scontrol/sinfo do not answer
+        raise WorkflowError(f"cannot check the jobs against the SLURM cluster, nothing was submitted: {exc}") from None
     if problems:
         raise WorkflowError("the SLURM cluster cannot run this workflow as configured; nothing was submitted:\n  "
                             + "\n  ".join(problems))

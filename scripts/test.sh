@@ -15,7 +15,7 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -q >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
     fi
-    [ -x tests/slurm/up.sh ] && bash tests/slurm/up.sh
+    bash tests/slurm/up.sh   # the one-host SLURM cluster the SLURM tests submit to
 fi
 bash scripts/setup.sh
 set +e

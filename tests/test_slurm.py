@@ -154,12 +154,15 @@ def test_every_job_went_through_sbatch(slurm_run):
 
 
 def test_training_jobs_are_requeueable(slurm_run):
+    """sft and ppo are submitted with --requeue --open-mode=append (the plugin's slurm_extra), nothing else is."""
+    log = slurm_run["log"]
+    for rule in STAGES:
+        resources = re.search(rf"rule {rule}:.*?resources: ([^\n]*)", log, re.S).group(1)
+        assert ("slurm_extra=--requeue --open-mode=append" in resources) == (rule in ("sft", "ppo")), (rule, resources)
     for rule in ("sft", "ppo"):
         (jobid,) = slurm_run["jobs"][rule]
         info = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
         assert "Requeue=1" in info, info
-    (jobid,) = slurm_run["jobs"]["raw_data"]
-    assert "Requeue=0" in subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
 
 
 def test_outputs_match_the_local_run_in_kind(slurm_run):
@@ -192,7 +195,10 @@ def test_single_node_ppo_used_its_own_ray_cluster(slurm_run):
 
 
 def test_rerun_through_slurm_is_a_noop(slurm_run):
-    proc = run_slurm(slurm_run["workdir"], slurm_run["configfile"], "merged_model", "--dry-run")
+    """What the jobs recorded on the compute nodes (params, code, inputs) is what the submit host expects. (Not
+    the mtime trigger: in a shared checkout the stage modules may be edited while this module runs.)"""
+    proc = run_slurm(slurm_run["workdir"], slurm_run["configfile"], "merged_model", "--dry-run",
+                     "--rerun-triggers", "params", "input", "code", "software-env")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
@@ -273,13 +279,17 @@ def test_requeued_sft_resumes_from_its_checkpoint(slurm_run, tmp_path_factory):
             proc.terminate()
             proc.wait(timeout=60)
         out.close()
-    assert wait_for_record(jobid, "REQUEUED") and wait_for_record(jobid, "COMPLETED")
+    wait_for_record(jobid, "COMPLETED")
+    runs = jobcomp()[jobid]  # jobcomp logs the requeue itself as a (PENDING) record of the same job id
+    assert len(runs) == 2 and runs[0]["JobState"] != "COMPLETED", runs
+    assert "Restarts=1" in subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
     assert time.monotonic() - requeued_at > 20  # SLURM held it (~30 s) and then ran it again, same job id
     slurm_log = (workdir / ".snakemake" / "slurm_logs" / "rule_sft" / f"{jobid}.log").read_text()
     assert slurm_log.count("[sft] starting") == 1, "the restart must append to the SLURM log (--open-mode=append)"
     assert "[sft] resuming from" in slurm_log
     result = json.loads((run / "sft" / "result.json").read_text())
     assert result["global_step"] == 20 and [s["step"] for s in result["metrics"]] == list(range(1, 21))
+    assert result["resumed_from_step"] >= first
     # one metrics file per attempt: the second attempt started after the checkpoint, not at step 1
     attempts = sorted((run / "sft" / "checkpoints").glob("metrics-*.jsonl"))
     assert len(attempts) == 2

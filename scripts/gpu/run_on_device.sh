@@ -41,7 +41,15 @@ for task in "$@"; do
       ( set -o pipefail
         timeout "${SFT_TIMEOUT:-240}" python3 -m llm_bridge.sft --params "$params" --base-model "$WORK/base_model" --data-dir "$WORK/parquet" \
           --out-dir "$WORK/sft" 2>&1 | grep -E "^\[|step:|Error|error|Traceback|out of memory" | tail -40
-        timeout "${MERGE_TIMEOUT:-150}" python3 -m llm_bridge.merge --result "$WORK/sft/result.json" --out-dir "$WORK/merged_model" 2>&1 | tail -5
+        timeout "${MERGE_TIMEOUT:-150}" python3 -m llm_bridge.merge --result "$WORK/sft/result.json" --out-dir "$WORK/merged_model" 2>&1 \
+          | grep -v Warning | tail -30
+        [[ -d "$WORK/merged_model" ]] || python3 - "$WORK/sft/checkpoints" <<'EOF'
+import glob, os, sys, torch
+step = sorted(glob.glob(sys.argv[1] + "/global_step_*"))[-1]
+print("checkpoint files:", sorted(os.listdir(step)))
+state = torch.load(glob.glob(step + "/model_world_size_*_rank_0.pt")[0], map_location="cpu", weights_only=False)
+print({k: (type(v).__name__, tuple(getattr(v, "shape", ()))) for k, v in list(state.items())[:4]})
+EOF
       ) 2>&1 | tee "$LOGS/pipeline.log" | tee -a "$OUT/info.txt"
       cp "$WORK/sft/result.json" "$LOGS/sft_result.json" 2>/dev/null; cp "$WORK/sft/train.log" "$LOGS/sft_train.log" 2>/dev/null
       ls -la "$WORK/merged_model" >> "$LOGS/pipeline.log" 2>&1 ;;

@@ -109,9 +109,10 @@ def training_bytes(shape: dict, world: int, tokens: int, opts: dict, prefix: str
 
 def sft_tokens(sft: dict, opts: dict) -> int:
     """Tokens in one micro batch: the dynamic-batch budget, or micro batch x max_length when padded."""
+    max_length = int(opts.get("data.max_length", sft["max_length"]))  # an override in the list wins
     if _flag(opts, "data.use_dynamic_bsz", True):  # verl's sft_trainer default
-        return max(int(opts.get("data.max_token_len_per_gpu", 8192)), sft["max_length"])
-    return sft["micro_batch_size_per_gpu"] * sft["max_length"]
+        return max(int(opts.get("data.max_token_len_per_gpu", 8192)), max_length)
+    return int(opts.get("data.micro_batch_size_per_gpu", sft["micro_batch_size_per_gpu"])) * max_length
 
 
 def verdict(what: str, parts: dict[str, float], gpu: dict, world: int, knobs: str) -> list[str]:

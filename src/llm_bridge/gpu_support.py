@@ -1,17 +1,20 @@
 """Fast verl SFT on GPUs without flash-attn (the lent H200 machine; any cluster where flash-attn is missing).
 
 verl imports this module in every process when it is named in VERL_USE_EXTERNAL_MODULES (the h200 presets'
-`env`). Two things are slow in verl 0.9.1 when the flash-attn package is absent; each has a fix here:
+`env`). Two things are slow in verl 0.9.1 when the flash-attn package is absent; each has a fix here
+(measured on 1 x H200, docs/benchmarks.md):
 
-1. Packed attention. verl's padding-free path (model.use_remove_padding) packs a micro batch into one row and
+1. Log-probs: the main cause. Without flash-attn's Triton cross-entropy, verl.utils.torch_functional.
+   logprobs_from_logits falls back to `logprobs_from_logits_v2`, a Python loop over rows: one log_softmax +
+   gather per token, forward and backward (0.65 s for 4096 tokens, against 7.5 ms vectorised). With
+   LLM_BRIDGE_FAST_LOGPROBS=1 that fallback becomes one vectorised cross-entropy. (verl's own
+   `model.use_fused_kernels=True` also avoids the loop, but measured 20 % slower per step.)
+2. Packed attention. verl's padding-free path (model.use_remove_padding) packs a micro batch into one row and
    expects flash-attn's varlen kernel. With SDPA, transformers turns the packed row into a dense T x T
-   block-diagonal mask: attention over the whole micro batch (O(T^2)), in the masked kernel. PyTorch ships the
-   varlen flash kernel itself (torch.nn.attention.varlen.varlen_attn); this registers it with transformers as
-   attn_implementation "varlen" (`+model.override_config.attn_implementation=varlen`).
-2. Log-probs. Without flash-attn's Triton cross-entropy, verl.utils.torch_functional.logprobs_from_logits falls
-   back to `logprobs_from_logits_v2`, a Python loop over rows: one log_softmax + gather per token, forward and
-   backward, tens of thousands of tiny kernels per step. verl's own `model.use_fused_kernels=True` avoids it;
-   with LLM_BRIDGE_FAST_LOGPROBS=1 the fallback is replaced by one vectorised cross-entropy instead.
+   block-diagonal mask: attention over the whole micro batch, O(T^2), in the masked kernel (30 ms against 2 ms
+   for a 16k-token row). PyTorch ships the varlen flash kernel itself (torch.nn.attention.varlen.varlen_attn);
+   this registers it with transformers as attn_implementation "varlen"
+   (`+model.override_config.attn_implementation=varlen`).
 """
 from __future__ import annotations
 

@@ -172,6 +172,7 @@ class RayCluster:
         self._head: subprocess.Popen | None = None
         self._workers: subprocess.Popen | None = None
         self._previous: dict = {}
+        self._logs: list = []
         self._stopped = False
 
     # -- lifecycle --
@@ -199,27 +200,30 @@ class RayCluster:
               flush=True)
         self._kill_everywhere("leftovers of an earlier run of this job (requeue)")
         head_log = (self.log_dir / "head.log").open("a")
+        self._logs.append(head_log)
         self._head = subprocess.Popen([ray_executable(), "start", *ray_start_args(self.head_ports, self.num_cpus, self.num_gpus,
                                                                                   self.temp_dir / "0", head=True)],
                                       env=self.env, stdout=head_log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_for_gcs()
         if len(hosts) > 1:
             others = hosts[1:]
-            cmd = self._srun(others) + [sys.executable, "-m", "llm_bridge.ray_cluster", "worker", "--head", self.address,
+            cmd = self._srun(others, self.srun_extra) + [sys.executable, "-m", "llm_bridge.ray_cluster", "worker", "--head", self.address,
                                         "--hosts", ",".join(hosts), "--job-id", str(self.alloc.job_id),
                                         "--temp-dir", str(self.temp_dir),
                                         *(["--num-cpus", str(self.num_cpus)] if self.num_cpus is not None else []),
                                         *(["--num-gpus", str(self.num_gpus)] if self.num_gpus is not None else [])]
             worker_log = (self.log_dir / "workers.log").open("a")
+            self._logs.append(worker_log)
             self._workers = subprocess.Popen(cmd, env=self.env, stdout=worker_log, stderr=subprocess.STDOUT,
                                              start_new_session=True)
         self._wait_for_nodes()
 
-    def _srun(self, hosts: list[str], extra: list[str] | None = None) -> list[str]:
-        """A step on `hosts`, one task each, beside the running batch step (--overlap), without binding it to the
-        CPUs of another step; --label prefixes each line with the task number."""
+    @staticmethod
+    def _srun(hosts: list[str], extra: list[str] | None = None) -> list[str]:
+        """A step on `hosts`, one task each, sharing the allocation with the other steps (--overlap); --label
+        prefixes each line with the task number. `extra`: e.g. the GPUs of the worker step."""
         return ["srun", f"--nodes={len(hosts)}", f"--ntasks={len(hosts)}", "--ntasks-per-node=1", f"--nodelist={','.join(hosts)}",
-                "--overlap", "--label", "--kill-on-bad-exit=0", *self.srun_extra, *(extra or [])]
+                "--overlap", "--label", "--kill-on-bad-exit=0", *(extra or [])]
 
     def _wait_for_gcs(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -312,6 +316,8 @@ class RayCluster:
                     proc.wait()
             self._kill_everywhere("stopping")
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+            for log in self._logs:
+                log.close()
             print(f"[ray-cluster] Ray stopped on {','.join(self.alloc.hosts)}", flush=True)
         finally:
             for sig, handler in {**ignored, **self._previous}.items():
