@@ -26,25 +26,27 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ["raw_data", "base_model", "parquet", "sft", "sft_model", "ppo", "merged_model", "evaluate", "plots"]
 
 
-def tree_rss(root: psutil.Process) -> int:
+def tree_pss(root: psutil.Process) -> int:
+    """Proportional set size summed over the tree: shared pages (torch, CUDA libraries mapped by every Ray
+    worker) are counted once in total, not once per process as RSS would."""
     total = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            total += proc.memory_full_info().pss
         except psutil.Error:
             pass
     return total
 
 
 def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
-    """Wall seconds, peak summed RSS of the process tree (sampled every 0.2 s), combined output."""
+    """Wall seconds, peak PSS of the process tree (sampled every 0.2 s), combined output."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, root = [0], psutil.Process(proc.pid)
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(root))
+            peak[0] = max(peak[0], tree_pss(root))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -87,7 +89,7 @@ def main() -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("end-to-end wall time (fresh run)", f"{wall:.0f} s")
-    table.add_row("peak memory, whole process tree", f"{peak / 2**30:.2f} GiB")
+    table.add_row("peak memory, whole process tree (PSS)", f"{peak / 2**30:.2f} GiB")
     table.add_row("no-op rerun decision (snakemake -n, median of 3)", f"{statistics.median(noop):.2f} s")
     stages = stage_seconds(workdir)
     for stage, seconds in stages.items():

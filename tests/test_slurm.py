@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -154,15 +153,15 @@ def test_every_job_went_through_sbatch(slurm_run):
 
 
 def test_training_jobs_are_requeueable(slurm_run):
-    """sft and ppo are submitted with --requeue --open-mode=append (the plugin's slurm_extra), nothing else is."""
-    log = slurm_run["log"]
-    for rule in STAGES:
-        resources = re.search(rf"rule {rule}:.*?resources: ([^\n]*)", log, re.S).group(1)
+    """sft and ppo are submitted with --requeue --open-mode=append (the plugin's slurm_extra), nothing else is
+    (the resources each job's SLURM log shows; the test cluster makes every job requeueable anyway: JobRequeue=1)."""
+    for rule, (jobid,) in slurm_run["jobs"].items():
+        log = (slurm_run["workdir"] / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{jobid}.log").read_text()
+        resources = re.search(r"resources: ([^\n]*)", log).group(1)
         assert ("slurm_extra=--requeue --open-mode=append" in resources) == (rule in ("sft", "ppo")), (rule, resources)
-    for rule in ("sft", "ppo"):
-        (jobid,) = slurm_run["jobs"][rule]
-        info = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
-        assert "Requeue=1" in info, info
+        if rule in ("sft", "ppo"):
+            info = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True).stdout
+            assert "Requeue=1" in info, info
 
 
 def test_outputs_match_the_local_run_in_kind(slurm_run):
@@ -340,3 +339,25 @@ def test_multi_node_preset_resources(tmp_path):
             sft = re.search(r"rule sft:.*?resources: ([^\n]*)", proc.stdout, re.S).group(1)
             assert "mpi=srun" in sft and "tasks_per_gpu=0" in sft and re.search(r"gres=gpu:(\w+:)?\d+", sft)
             assert not re.search(r"\bgpu=\d", sft)
+
+
+def test_ray_ports_do_not_clash():
+    """Ports of a job's Ray nodes are disjoint (nodes may share a host), inside 20000-29499 (below the ephemeral
+    range, clear of Ray's defaults and of torchrun's rendezvous ports), and consecutive job ids get disjoint sets."""
+    from dataclasses import astuple
+
+    from llm_bridge.ray_cluster import node_ports
+
+    def ports(job, nnodes):
+        return [set(astuple(node_ports(job, i, nnodes))[:-2]) | set(range(node_ports(job, i, nnodes).min_worker,
+                                                                          node_ports(job, i, nnodes).max_worker + 1))
+                for i in range(nnodes)]
+
+    for nnodes in (1, 2, 4, 16):
+        slots = (29500 - 20000) // (250 * nnodes)
+        for job in range(1, 200):
+            nodes = ports(job, nnodes)
+            assert sum(len(p) for p in nodes) == len(set().union(*nodes)) == 250 * nnodes - 2 * nnodes
+            assert min(min(p) for p in nodes) >= 20000 and max(max(p) for p in nodes) < 29500
+            if slots > 1:
+                assert not set().union(*nodes) & set().union(*ports(job + 1, nnodes))
