@@ -18,8 +18,9 @@ if [ "$(id -u)" = 0 ]; then
     bash tests/slurm/up.sh   # the one-host SLURM cluster the SLURM tests submit to
 fi
 bash scripts/setup.sh
+. .venv/bin/activate
 set +e
-.venv/bin/python -m pytest -ra "$@"
+python -m pytest -ra "$@"
 rc=$?
 set -e
 if [ $rc = 5 ]; then
