@@ -18,11 +18,6 @@ validate(config, "../config/schema.yaml")
 # environment), also when it was started as .venv/bin/snakemake without activating the environment.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
-# The rules' `python -m llm_bridge.<stage>` must be the interpreter Snakemake runs in (the project's environment),
-# also where it is not activated (`.venv/bin/snakemake ...`) and in SLURM jobs, which inherit this environment.
-if os.path.dirname(sys.executable) not in os.environ.get("PATH", "").split(os.pathsep)[:1]:
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-
 
 def load_preset(name):
     path = Path(workflow.basedir) / "config" / "presets" / f"{name}.yaml"
