@@ -212,3 +212,19 @@ def test_snakemake_report_shows_curves_and_eval_table(finished_run, tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     for expected in ("sft_loss.svg", "ppo_curves.svg", "eval_table.html", "Training", "Evaluation"):
         assert expected in dom, f"{expected} not in the rendered report"
+
+
+def test_merge_of_a_checkpoint_trained_with_a_custom_attention_kernel(finished_run, tmp_path):
+    """The GPU presets train with a registered "varlen" attention that verl saves into the checkpoint's config;
+    the merge must still work without that plugin and give a model anyone can load."""
+    from llm_bridge.merge import merge
+
+    result = json.loads((finished_run["run"] / "sft" / "result.json").read_text())
+    checkpoint = tmp_path / "global_step_1"
+    shutil.copytree(result["checkpoint"], checkpoint)
+    config_path = checkpoint / "huggingface" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "attn_implementation": "varlen"}))
+    merge(checkpoint, tmp_path / "merged")
+    assert "attn_implementation" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert json.loads(config_path.read_text())["attn_implementation"] == "varlen"  # the checkpoint is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_1", "merged"]  # no scratch left behind

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from llm_bridge import atomic, launch
@@ -37,9 +39,32 @@ def generation_check(model_dir: Path, prompt: str = "Ava has 3 apples.") -> str:
     return tokenizer.decode(out[0][inputs["input_ids"].shape[1]:])
 
 
+# attn_implementation values any transformers install can load; anything else was a training-time kernel
+STANDARD_ATTENTION = {None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"}
+
+
+def portable_source(source: Path, scratch: Path) -> Path:
+    """verl saves the model config as trained, including a training-only attention kernel (the GPU presets'
+    "varlen", registered by llm_bridge.gpu_support). The merger, and every user of the merged model, would fail
+    to instantiate it: merge from a shadow folder (links to the shards, a config without that key) instead."""
+    config_path = source / "huggingface" / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    if config.get("attn_implementation") in STANDARD_ATTENTION:
+        return source
+    shadow = scratch / "source"
+    shadow.mkdir()
+    for item in source.iterdir():
+        if item.name != "huggingface":
+            (shadow / item.name).symlink_to(item.resolve())
+    shutil.copytree(source / "huggingface", shadow / "huggingface")
+    config.pop("attn_implementation")
+    (shadow / "huggingface" / "config.json").write_text(json.dumps(config, indent=2))
+    return shadow
+
+
 def merge(checkpoint: Path, out_dir: Path) -> str:
-    source = actor_dir(checkpoint)
-    with atomic.atomic_path(out_dir, is_dir=True) as tmp:
+    with atomic.atomic_path(out_dir, is_dir=True) as tmp, tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        source = portable_source(actor_dir(checkpoint), Path(scratch))
         cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
                "--local_dir", str(source), "--target_dir", str(tmp)]
         print(f"[merge] {' '.join(cmd[1:])}", flush=True)
