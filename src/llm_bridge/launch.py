@@ -64,8 +64,7 @@ def prepare_work_dir(work_dir: Path, settings: dict) -> int:
     if work_dir.exists():
         if stamp.exists() and stamp.read_text() == text:
             repair_tracker(work_dir)
-            tracker = work_dir / "latest_checkpointed_iteration.txt"
-            return int(tracker.read_text().strip()) if tracker.exists() else 0
+            return recorded_step(work_dir)
         print(f"[launch] settings changed since {work_dir} was started: starting fresh", flush=True)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
@@ -83,6 +82,11 @@ def wait_for_work_dir(work_dir: Path, settings: dict, timeout: float) -> int:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the first node did not prepare {work_dir} within {timeout:.0f} s (no {stamp} with these settings)")
         time.sleep(0.5)
+    return recorded_step(work_dir)
+
+
+def recorded_step(work_dir: Path) -> int:
+    """The step verl's tracker names (what resume_mode=auto resumes from); 0 when there is none."""
     tracker = work_dir / "latest_checkpointed_iteration.txt"
     return int(tracker.read_text().strip()) if tracker.exists() else 0
 
