@@ -20,9 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from llm_bridge import atomic  # noqa: E402
 
+# The KL panel shows the first KL verl logged: to the reference policy (as a loss, or as a reward penalty) when
+# the config uses one, else between the rollout engine's and the trainer's policy (numerical drift).
+KL_METRICS = [("actor/kl_loss", "KL to reference (actor loss term)"), ("critic/kl", "KL to reference (reward penalty)"),
+              ("rollout_corr/kl", "KL(rollout || trainer policy)"), ("actor/ppo_kl", "KL(actor || old policy)")]
 PPO_PANELS = [
     ("critic/score/mean", "mean reward (GSM8K exact match)"),
-    ("actor/ppo_kl", "KL(actor || old policy)"),
+    ("kl", None),
     ("response_length/mean", "mean response length (tokens)"),
 ]
 
@@ -50,8 +54,10 @@ def sft_figure(metrics: list[dict], path: Path) -> None:
 
 
 def ppo_figure(metrics: list[dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(PPO_PANELS), figsize=(12, 3.5))
+    fig, axes = plt.subplots(1, len(PPO_PANELS), figsize=(13, 3.8), layout="constrained")
     for ax, (key, title) in zip(axes, PPO_PANELS):
+        if key == "kl":
+            key, title = next(((k, t) for k, t in KL_METRICS if series(metrics, k)[0]), KL_METRICS[-1])
         ax.plot(*series(metrics, key), marker="o")
         ax.set(xlabel="PPO step", title=title)
     fig.suptitle("PPO")
