@@ -217,6 +217,12 @@ def _patch_vllm_cpu() -> None:
 def install() -> None:
     if os.environ.get("VERL_PLATFORM", "").lower() != "cpu":
         return  # imported by accident on a GPU machine: leave verl untouched
+    if os.environ.get("LOCAL_RANK") is not None:
+        # torchrun starts each rank in a session of its own: make the rank die with torchrun, which dies with
+        # the launcher, so a killed stage never leaves training running.
+        from llm_bridge.launch import die_with_parent
+
+        die_with_parent()
     _register_platform()
     _patch_process_groups()
     _patch_critic_loader()

@@ -143,7 +143,7 @@ def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: floa
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, start_new_session=True)
+                                bufsize=1, start_new_session=True, preexec_fn=die_with_parent)
 
         def pump() -> None:
             for line in proc.stdout:
@@ -176,6 +176,22 @@ def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: floa
                            f"{last['line'][-300:]!r}. Full log: {log_path}")
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {proc.returncode}). Last output: {last['line'][-300:]!r}. Full log: {log_path}")
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies. The training child runs in its own session
+    (so a stall or a signal can stop all of it); without this, a SIGKILL of the launcher (or of Snakemake's whole
+    process group) would leave verl training on as an orphan, racing the rerun that resumes its checkpoints.
+    Ray's own processes already share the fate of the driver; torchrun's ranks get this from cpu_support."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: nothing to ask for
+    if os.getppid() == 1:  # the parent was already gone before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:

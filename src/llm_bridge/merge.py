@@ -63,7 +63,7 @@ def portable_source(source: Path, scratch: Path) -> Path:
 
 
 def merge(checkpoint: Path, out_dir: Path) -> str:
-    with atomic.atomic_path(out_dir, is_dir=True) as tmp, tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+    with atomic.atomic_path(out_dir, is_dir=True) as tmp, tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".scratch.partial") as scratch:
         source = portable_source(actor_dir(checkpoint), Path(scratch))
         cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
                "--local_dir", str(source), "--target_dir", str(tmp)]
