@@ -120,6 +120,19 @@ def checkpoint_complete(step_dir: Path) -> bool:
                for r in roles)
 
 
+def write_result(stage: str, out_dir: Path, work_dir: Path, resume_step: int) -> tuple[Path, list[dict]]:
+    """The stage's output, written last and atomically: the finished checkpoint and verl's per-step metrics."""
+    from llm_bridge import atomic, metrics
+
+    checkpoint = latest_checkpoint(work_dir)
+    steps = metrics.collect(work_dir)
+    atomic.write_json(out_dir / "result.json", {
+        "stage": stage, "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
+        "resumed_from_step": resume_step, "metrics": steps,
+    })
+    return checkpoint, steps
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path:
     """The step verl recorded as complete (latest_checkpointed_iteration.txt); never a guessed global_step_N."""
     marker = ckpt_dir / "latest_checkpointed_iteration.txt"

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_bridge import atomic, launch, metrics
+from llm_bridge import launch, metrics
 from llm_bridge.errors import InputError
 
 
@@ -145,13 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         run_in_allocation(cmd, env, cluster, args.out_dir, params["stall_timeout_s"])
     else:
         launch.run(cmd, env, args.out_dir / "train.log", params["stall_timeout_s"], "verl PPO")
-    checkpoint = launch.latest_checkpoint(work)
-    steps = metrics.collect(work)
-    atomic.write_json(args.out_dir / "result.json", {
-        "stage": "ppo", "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
-        "resumed_from_step": resume_step,
-        "metrics": steps,
-    })
+    checkpoint, steps = launch.write_result("ppo", args.out_dir, work, resume_step)
     rewards = [s.get("critic/score/mean") for s in steps if "critic/score/mean" in s]
     print(f"[ppo] done: {checkpoint}; mean reward per step: {rewards}")
 

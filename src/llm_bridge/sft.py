@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_bridge import atomic, launch, metrics
+from llm_bridge import launch, metrics
 from llm_bridge.errors import InputError
 
 
@@ -111,13 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     launch.run(torchrun_command(cluster, overrides), env, log, params["stall_timeout_s"], "verl SFT")
     if node_rank != 0:
         return  # the first node writes the result (verl's last save ends in a barrier: every rank is done)
-    checkpoint = launch.latest_checkpoint(work)
-    steps = metrics.collect(work)
-    atomic.write_json(args.out_dir / "result.json", {
-        "stage": "sft", "checkpoint": str(checkpoint.resolve()), "global_step": int(checkpoint.name.split("_")[-1]),
-        "resumed_from_step": resume_step,
-        "metrics": steps,
-    })
+    checkpoint, steps = launch.write_result("sft", args.out_dir, work, resume_step)
     final = steps[-1] if steps else {}
     print(f"[sft] done: {checkpoint} (train/loss {final.get('train/loss', float('nan')):.4f})")
 
