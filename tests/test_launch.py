@@ -28,6 +28,15 @@ def test_stalled_child_is_stopped_with_its_last_words(tmp_path):
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
 
 
+def test_processes_in_their_own_process_group_are_stopped_too(tmp_path):
+    """Ray puts each worker in a process group of its own (same session): they must not outlive the stage."""
+    marker = f"own-group-marker-{time.time_ns()}"
+    script = (f"import os, subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{marker}'],"
+              " preexec_fn=os.setpgrp); print('started a worker', flush=True)")
+    launch.run([sys.executable, "-c", script], launch.child_env(), tmp_path / "train.log", 30, "test stage")
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
 def test_failed_child_names_the_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"failed \(exit 3\).*boom.*train.log"):
         launch.run([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], launch.child_env(), tmp_path / "train.log", 30, "x")

@@ -207,21 +207,40 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
-    """Stop the child and everything it started in its session (torchrun ranks, Ray, vLLM): TERM, then KILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def session_members(sid: int) -> list[int]:
+    """Every live process of session `sid`. Ray puts each of its workers in a process group of its own (inside
+    the session), so killing the child's process group alone leaves them running for a while."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """Stop the child and everything it started in its session (torchrun ranks, Ray and its workers, vLLM):
+    TERM, then KILL, and return only when none of them is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+        signalled: set[int] = set()
+        while True:
             proc.poll()  # reap the leader so a zombie does not look alive
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
+            members = session_members(proc.pid)
+            if not members or time.monotonic() > deadline:
                 break
+            for pid in set(members) - signalled:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+                signalled.add(pid)
             time.sleep(0.2)
+        if not members:
+            break
     proc.wait()
 
 
