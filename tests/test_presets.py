@@ -86,6 +86,24 @@ def test_ppo_command_is_accepted_by_verls_own_config(name, tmp_path):
     assert cfg.data.train_batch_size == settings["train_batch_size"]
 
 
+def test_cpu_ppo_command_is_accepted_by_verls_own_config(tmp_path):
+    """The embedded default's PPO command: verl accepts it, and vLLM's KV cache is sized from the model and the
+    rollout batch (it is allocated up front in host RAM on CPU), not vLLM's whole-GiB default."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    settings = fit.stage_settings(config, load("cpu"), "ppo")
+    model = tmp_path / "sft_model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 4}')
+    prompt = config["data"]["max_prompt_length"]
+    cfg = compose("ppo_trainer", ppo.verl_overrides(settings, model, tmp_path / "data", tmp_path / "ckpt", cluster(load("cpu")), prompt, 0))
+    assert cfg.trainer.device == "cpu" and cfg.actor_rollout_ref.rollout.name == "vllm"
+    kv_bytes = cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes
+    per_token = 2 * 4 * 2 * 64 * 4  # K and V x layers x kv heads x head_dim x float32
+    batch_tokens = settings["train_batch_size"] * settings.get("rollout_n", 1) * (prompt + settings["max_response_length"])
+    assert kv_bytes >= 2 * batch_tokens * per_token  # room for the whole rollout batch, twice
+    assert kv_bytes < 2**30  # not vLLM's 1 GiB minimum slice
+
+
 def test_seed_numbers_are_carried():
     h100 = fit.stage_settings(base_config(), load("h100x8"), "ppo")
     assert (h100["train_batch_size"], h100["max_response_length"], h100["ppo_mini_batch_size"]) == (256, 256, 64)

