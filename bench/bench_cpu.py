@@ -69,13 +69,22 @@ def stage_seconds(workdir: Path) -> dict[str, float]:
     return {stage: t - (ordered[i - 1][1] if i else t) for i, (stage, t) in enumerate(ordered)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def snakemake_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(os.cpu_count()), *args]
+
+
+def run_folder(description: str, prefix: str) -> Path:
+    """The folder a benchmark runs in: --keep DIR, or a new temporary one."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
-    args = parser.parse_args()
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="llm-bridge-bench-"))
+    workdir = parser.parse_args().keep or Path(tempfile.mkdtemp(prefix=prefix))
     workdir.mkdir(parents=True, exist_ok=True)
-    snakemake = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", str(os.cpu_count())]
+    return workdir
+
+
+def main() -> None:
+    workdir = run_folder(__doc__.splitlines()[0], "llm-bridge-bench-")
+    snakemake = snakemake_cmd()
     wall, peak, _ = run_measured(snakemake + ["all"], workdir)
     noop = [run_measured(snakemake + ["all", "--dry-run"], workdir)[0] for _ in range(3)]
     run = workdir / "runs" / "tiny"

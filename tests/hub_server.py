@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,6 +76,7 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request seen
         self._failures: list[list] = []  # [remaining, status, path substring]
         self._lose_commit_responses = 0
+        self._delays: list[list] = []  # [remaining, seconds, path substring]
         self._counter = itertools.count()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)  # port 0: a free port
@@ -99,16 +101,28 @@ class HubServer:
         """The next commit is applied, but its response is a 503, as if the connection dropped."""
         self._lose_commit_responses += 1
 
+    def delay_next_response(self, path_contains: str, seconds: float) -> None:
+        """The next request whose path contains `path_contains` is applied at once but answered only after
+        `seconds`: a client killed meanwhile never learns that its request took effect."""
+        self._delays.append([1, seconds, path_contains])
+
     def commits(self, repo_id: str) -> list[Commit]:
         """Commits made by clients (not the initial one that repo creation makes)."""
         return self.repos[repo_id].log[1:] if repo_id in self.repos else []
 
     # -- request handling ---------------------------------------------------------------------------------
     def handle(self, method: str, raw_path: str, headers, body: bytes) -> tuple[int, dict, object]:
+        path = urlsplit(raw_path).path
         with self._lock:
             status, extra, payload = self._handle(method, raw_path, headers, body)
-            self.requests.append((method, urlsplit(raw_path).path, status))
-            return status, extra, payload
+            self.requests.append((method, path, status))
+            delay = 0.0
+            for rule in self._delays:
+                if rule[0] > 0 and rule[2] in path:
+                    rule[0], delay = rule[0] - 1, rule[1]
+                    break
+        time.sleep(delay)  # outside the lock: the test goes on looking at the Hub meanwhile
+        return status, extra, payload
 
     def _handle(self, method, raw_path, headers, body):
         url = urlsplit(raw_path)

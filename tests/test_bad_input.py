@@ -62,6 +62,7 @@ CONFIG_CASES = [
     ("max-length-below-prompts", lambda t: cfg(**{"sft.max_length": 64}), ["sft.max_length=64", "data.max_prompt_length=96"]),
     ("sequence-beyond-model", lambda t: cfg(**{"ppo.max_response_length": 500}), ["max_position_embeddings=512", "shorten"]),
     ("unknown-preset", lambda t: cfg(preset="h900x64"), ["unknown preset 'h900x64'", "cpu"]),
+    ("too-many-synthetic-problems", lambda t: cfg(**{"data.synthetic.n_train": 50000}), ["data.synthetic", "at most 40000 distinct"]),
     ("unknown-data-source", lambda t: cfg(**{"data.source": "s3"}), ["'s3'", "source"]),
     ("bad-run-name", lambda t: cfg(run_name="../elsewhere"), ["run_name", "does not match"]),
     ("missing-data-file", lambda t: cfg(**{"data.source": "local", "data.local": {"train": str(t / "nope.jsonl"), "test": str(t / "nope.jsonl")}}),

@@ -22,7 +22,8 @@ def resume_config() -> dict:
     config = default_config()
     config["run_name"] = "resume"
     config["data"]["synthetic"] = {"n_train": 640, "n_test": 32}
-    config["sft"].update(total_epochs=1, save_freq=4, train_batch_size=32, micro_batch_size_per_gpu=32)
+    # 20 steps an epoch, 2 epochs, a checkpoint every 10 steps: one mid-epoch (10), one at the epoch's end (20)
+    config["sft"].update(total_epochs=2, save_freq=10, train_batch_size=32, micro_batch_size_per_gpu=32)
     config["ppo"].update(enabled=True, total_training_steps=6, save_freq=1)
     return config
 
@@ -47,13 +48,14 @@ def start(workdir: Path, configfile: Path, target: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def kill_after_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, sig: int, timeout: float = 600) -> int:
-    """Wait until verl has recorded a checkpoint, then signal the whole process tree (snakemake and below)."""
+def kill_after_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, sig: int, timeout: float = 600, at_step: int = 1) -> int:
+    """Wait until verl has recorded a checkpoint (of step `at_step` or later), then signal the whole process tree
+    (snakemake and below)."""
     deadline = time.monotonic() + timeout
-    while tracker_step(ckpt_dir) == 0:
-        assert proc.poll() is None, "training finished or failed before the first checkpoint"
+    while tracker_step(ckpt_dir) < at_step:
+        assert proc.poll() is None, "training finished or failed before the checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within the timeout"
-        time.sleep(0.5)
+        time.sleep(0.1)
     step = tracker_step(ckpt_dir)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
@@ -80,18 +82,23 @@ def assert_resumed(run: Path, stage: str, killed_at: int, expected_final: int) -
     attempts = sorted((run / stage / "checkpoints").glob("metrics-*.jsonl"))
     assert len(attempts) == 2
     resumed_steps = [json.loads(line)["step"] for line in attempts[-1].read_text().splitlines() if line.strip()]
-    assert all(step > result["resumed_from_step"] for step in resumed_steps)
+    # every step after the checkpoint exactly once: none skipped (a lost epoch), none done twice
+    assert resumed_steps == list(range(result["resumed_from_step"] + 1, expected_final + 1))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_sft_resumes_after_kill(prepared, sig):
+@pytest.mark.parametrize("sig, at_step", [(signal.SIGKILL, 10), (signal.SIGTERM, 20)], ids=["SIGKILL-mid-epoch", "SIGTERM-end-of-epoch"])
+def test_sft_resumes_after_kill(prepared, sig, at_step):
+    """Mid-epoch, and just after the checkpoint at the end of the first epoch (where verl 0.9.1 alone would skip
+    the whole second epoch on resume and stop at step 20: llm_bridge.verl_fixes)."""
     workdir, configfile = prepared
     run = workdir / "runs" / "resume"
     subprocess.run(["rm", "-rf", str(run / "sft")], check=True)
-    killed_at = kill_after_checkpoint(start(workdir, configfile, "sft"), run / "sft" / "checkpoints", sig)
+    killed_at = kill_after_checkpoint(start(workdir, configfile, "sft"), run / "sft" / "checkpoints", sig, at_step=at_step)
     assert not (run / "sft" / "result.json").exists()
     rerun(workdir, configfile, "sft", sig)
-    assert_resumed(run, "sft", killed_at, expected_final=640 // 32)
+    assert_resumed(run, "sft", killed_at, expected_final=2 * 640 // 32)
+    result = json.loads((run / "sft" / "result.json").read_text())
+    assert result["resumed_from_step"] == at_step  # the kill came before the next checkpoint
 
 
 def test_ppo_resumes_after_kill(prepared):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 from datetime import datetime
 from pathlib import Path
@@ -70,12 +71,17 @@ def do_upload(run, receipt=None, **kw):
                   receipt=receipt or run["receipt"], **kw)
 
 
-def cli(run, env_update, *extra, repo=REPO):
+def cli_command(run, env_update, *extra, repo=REPO) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(run["model_dir"].parent / "hf_home"), **env_update)  # empty login cache
     cmd = [sys.executable, "-m", "llm_bridge.upload", "--model-dir", str(run["model_dir"]), "--repo-id", repo,
            "--eval-json", str(run["eval_json"]), "--manifest", str(run["manifest"]),
            "--receipt", str(run["receipt"]), *extra]
+    return cmd, env
+
+
+def cli(run, env_update, *extra, repo=REPO):
+    cmd, env = cli_command(run, env_update, *extra, repo=repo)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -131,6 +137,31 @@ def test_cli_public_branch(hub, run):
     assert repo.head("main").files == {".gitattributes": repo.log[0].files[".gitattributes"]}  # main untouched
     assert json.loads(run["receipt"].read_text())["revision"] == "runs/exp-1"
     assert TOKEN not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("step", ["preupload", "commit"])
+def test_killed_mid_upload_leaves_no_receipt_and_the_rerun_commits_once(hub, run, step):
+    """SIGKILL while the Hub is answering the pre-upload (nothing committed yet) or the commit (committed, but the
+    client never heard): no receipt, nothing half-written; the rerun ends with exactly one commit and a receipt
+    that names it."""
+    hub.delay_next_response(f"/{step}/", 60)
+    cmd, env = cli_command(run, {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url})
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(f"/{step}/" in path for _, path, _ in hub.requests):
+        assert proc.poll() is None and time.monotonic() < deadline, f"the client never reached the {step} request"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert len(hub.commits(REPO)) == (1 if step == "commit" else 0)
+    out = run["receipt"].parent
+    assert not out.exists() or all(p.name.endswith(".partial") for p in out.iterdir())
+    rerun = cli(run, {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url})
+    assert rerun.returncode == 0, rerun.stderr
+    [commit] = hub.commits(REPO)
+    receipt = json.loads(run["receipt"].read_text())
+    assert receipt["commit"] == commit.oid and receipt["uploaded"] is (step == "preupload")
+    assert commit.added == MODEL
 
 
 def test_cli_wrong_token_fails_cleanly_without_leaking_it(hub, run):

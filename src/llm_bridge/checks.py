@@ -49,6 +49,11 @@ def check_ppo(ppo: dict, preset: dict, max_prompt_length: int, max_positions: in
 
 
 def check_data(data: dict, base: Path) -> list[str]:
+    if data["source"] == "synthetic":
+        from llm_bridge.raw_data import SYNTHETIC_MAX, synthetic_too_many
+
+        n_train, n_test = data.get("synthetic", {}).get("n_train", 0), data.get("synthetic", {}).get("n_test", 0)
+        return [synthetic_too_many(n_train, n_test)] if n_train + n_test > SYNTHETIC_MAX else []
     if data["source"] != "local":
         return []
     problems = []

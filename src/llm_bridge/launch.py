@@ -38,12 +38,16 @@ def cpu_env(procs_per_node: int = 1) -> dict[str, str]:
     }
 
 
-def child_env(extra: dict[str, str] | None = None, procs_per_node: int = 1) -> dict[str, str]:
-    """The environment for verl: CPU support when there is no GPU; secrets stay in the environment, never argv."""
+def child_env(extra: dict[str, str] | None = None, procs_per_node: int = 1, verl_modules: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment for verl: CPU support when there is no GPU, plus `verl_modules` for verl to import in
+    every process it starts (beside any a preset names); secrets stay in the environment, never argv."""
     env = dict(os.environ)
     if not has_gpu():
         env.update(cpu_env(procs_per_node))
     env.update(extra or {})
+    modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m] + list(verl_modules)
+    if modules:
+        env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

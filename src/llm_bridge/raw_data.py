@@ -41,8 +41,21 @@ def synthetic_example(rng: random.Random) -> dict:
     return {"question": question, "answer": answer}
 
 
+# The generator knows about 46k distinct problems; drawing new ones slows down sharply near that, and beyond it
+# the search for an unseen problem would never end.
+SYNTHETIC_MAX = 40_000
+
+
+def synthetic_too_many(n_train: int, n_test: int) -> str:
+    return (f"data.synthetic: n_train + n_test = {n_train + n_test}, but the synthetic generator makes at most "
+            f"{SYNTHETIC_MAX} distinct problems. Lower data.synthetic.n_train / n_test, or use real GSM8K "
+            "(data.source: local or hub).")
+
+
 def synthetic_splits(n_train: int, n_test: int, seed: int) -> dict[str, list[dict]]:
     """Deterministic for the seed; no question appears twice, so test never leaks into train."""
+    if n_train + n_test > SYNTHETIC_MAX:
+        raise InputError(synthetic_too_many(n_train, n_test))
     rng, seen, examples = random.Random(f"llm-bridge/{seed}"), set(), []
     while len(examples) < n_train + n_test:
         example = synthetic_example(rng)

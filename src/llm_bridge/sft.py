@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
     overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))},
-                           cluster["procs_per_node"])
+                           cluster["procs_per_node"], verl_modules=("llm_bridge.verl_fixes",))
     log = args.out_dir / ("train.log" if node_rank == 0 else f"train-node{node_rank}.log")
     launch.run(torchrun_command(cluster, overrides), env, log, params["stall_timeout_s"], "verl SFT")
     if node_rank != 0:
