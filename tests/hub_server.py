@@ -76,7 +76,7 @@ class HubServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request seen
         self._failures: list[list] = []  # [remaining, status, path substring]
         self._lose_commit_responses = 0
-        self._delays: list[list] = []  # [remaining, seconds, path substring]
+        self._delays: list[tuple[str, float]] = []  # (path substring, seconds), each used once
         self._counter = itertools.count()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)  # port 0: a free port
@@ -104,7 +104,7 @@ class HubServer:
     def delay_next_response(self, path_contains: str, seconds: float) -> None:
         """The next request whose path contains `path_contains` is applied at once but answered only after
         `seconds`: a client killed meanwhile never learns that its request took effect."""
-        self._delays.append([1, seconds, path_contains])
+        self._delays.append((path_contains, seconds))
 
     def commits(self, repo_id: str) -> list[Commit]:
         """Commits made by clients (not the initial one that repo creation makes)."""
@@ -117,9 +117,9 @@ class HubServer:
             status, extra, payload = self._handle(method, raw_path, headers, body)
             self.requests.append((method, path, status))
             delay = 0.0
-            for rule in self._delays:
-                if rule[0] > 0 and rule[2] in path:
-                    rule[0], delay = rule[0] - 1, rule[1]
+            for i, (substring, seconds) in enumerate(self._delays):
+                if substring in path:
+                    delay = self._delays.pop(i)[1]
                     break
         time.sleep(delay)  # outside the lock: the test goes on looking at the Hub meanwhile
         return status, extra, payload

@@ -349,9 +349,8 @@ def test_ray_ports_do_not_clash():
     from llm_bridge.ray_cluster import node_ports
 
     def ports(job, nnodes):
-        return [set(astuple(node_ports(job, i, nnodes))[:-2]) | set(range(node_ports(job, i, nnodes).min_worker,
-                                                                          node_ports(job, i, nnodes).max_worker + 1))
-                for i in range(nnodes)]
+        nodes = [node_ports(job, i, nnodes) for i in range(nnodes)]
+        return [set(astuple(p)[:-2]) | set(range(p.min_worker, p.max_worker + 1)) for p in nodes]
 
     for nnodes in (1, 2, 4, 16):
         slots = (29500 - 20000) // (250 * nnodes)

@@ -52,7 +52,8 @@ def check_data(data: dict, base: Path) -> list[str]:
     if data["source"] == "synthetic":
         from llm_bridge.raw_data import SYNTHETIC_MAX, synthetic_too_many
 
-        n_train, n_test = data.get("synthetic", {}).get("n_train", 0), data.get("synthetic", {}).get("n_test", 0)
+        synthetic = data.get("synthetic", {})
+        n_train, n_test = synthetic.get("n_train", 0), synthetic.get("n_test", 0)
         return [synthetic_too_many(n_train, n_test)] if n_train + n_test > SYNTHETIC_MAX else []
     if data["source"] != "local":
         return []
