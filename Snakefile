@@ -2,6 +2,7 @@
 #   raw_data -> base_model -> parquet -> sft -> [ppo] -> merged_model -> evaluate (-> upload)
 # Run the embedded default:   snakemake --cores 2 all
 # On a SLURM cluster:         snakemake --profile slurm merged_model
+# Many runs, shared stages:   snakemake --cores 2 experiment --config experiment=lr-sweep   (docs/experiments.md)
 import os
 
 from snakemake.utils import min_version
@@ -25,12 +26,12 @@ include: "rules/merged_model.smk"
 include: "rules/evaluate.smk"
 include: "rules/plots.smk"
 include: "rules/upload.smk"
+include: "rules/compare.smk"
 
 
 rule all:
+    """Every run: the plain run, or with --config experiment=NAME every variant and the comparison."""
     default_target: True
     input:
-        rules.merged_model.output,
-        rules.evaluate.output,
-        rules.plots.output,
-        rules.upload.output if config["upload"]["enabled"] else [],
+        [target for run in RUNS for target in run_targets(run)],
+        rules.compare.output if EXPERIMENT else [],

@@ -4,10 +4,10 @@ rule base_model:
         manifest=report(f"{RUN}/manifests/base_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/base_model.py",
-        train=rules.raw_data.output.train,  # the tiny model's tokenizer is trained on it
+        train=at("raw_data", "raw_data/train.jsonl"),  # the tiny model's tokenizer is trained on it
     params:
-        cfg=as_json({"model": config["model"], "seed": config["seed"]}),
+        cfg=cfg("base_model"),
     log:
         f"{RUN}/logs/base_model.log",
     shell:
-        "python -m llm_bridge.base_model --params {params.cfg:q} --raw-dir {RUN}/raw_data --out-dir {output.model} 2>&1 | tee {log}" + record("base_model")
+        "python -m llm_bridge.base_model --params {params.cfg:q} --raw-dir $(dirname {input.train}) --out-dir {output.model} 2>&1 | tee {log}" + record("base_model")

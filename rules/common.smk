@@ -8,6 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from llm_bridge import experiments
 from llm_bridge.checks import check_all
 from llm_bridge.fit import stage_settings
 from llm_bridge.errors import InputError
@@ -30,15 +31,38 @@ def load_preset(name):
     return {**preset, "name": name}
 
 
-PRESET = load_preset(config["preset"])
+def experiment_file(name):
+    """`--config experiment=NAME`: experiments/NAME.yaml in the working directory, else in the workflow's folder;
+    or a path to a .yaml file."""
+    if name.endswith((".yaml", ".yml")):
+        return Path(name)
+    local = Path("experiments") / f"{name}.yaml"
+    return local if local.exists() else Path(workflow.basedir) / "experiments" / f"{name}.yaml"
+
+
+# RUNS: run name -> its config. A plain run is one run, runs/<run_name>/, with literal paths (so rule names stay
+# targets: `snakemake sft`). An experiment is one run per variant, runs/<experiment>/<variant>/, and the rules'
+# paths hold the wildcard {run} (docs/experiments.md).
+EXPERIMENT = config.get("experiment")
 try:
-    check_all(config, PRESET, Path.cwd())
+    if EXPERIMENT:
+        with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as fh:
+            BASE, RUNS = experiments.load(experiment_file(EXPERIMENT), config, yaml.safe_load(fh))
+        EXPERIMENT = experiment_file(EXPERIMENT).stem
+    else:
+        BASE, RUNS = config, {config["run_name"]: config}
+    PRESET = load_preset(BASE["preset"])
+    for run_config in RUNS.values():
+        check_all(run_config, PRESET, Path.cwd())
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
-RUN = f"runs/{config['run_name']}"
+RUN = "runs/{run}" if EXPERIMENT else f"runs/{config['run_name']}"
 SRC = os.path.join(workflow.basedir, "src", "llm_bridge")
-PPO = config["ppo"]["enabled"]
+PPO = BASE["ppo"]["enabled"]
 LAST_TRAINED = "ppo" if PPO else "sft"
+
+wildcard_constraints:
+    run="[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def as_json(value):
@@ -46,9 +70,9 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def stage_config(stage):
+def stage_config(run_config, stage):
     """The config section of a stage with the preset's hardware-specific values on top (overrides joined)."""
-    return stage_settings(config, PRESET, stage)
+    return stage_settings(run_config, PRESET, stage)
 
 
 def preset_env():
@@ -157,8 +181,8 @@ onstart:
     _check_before_submission()
 
 
-def upload_repo_id():
-    repo = config["upload"].get("repo_id")
+def upload_repo_id(upload):
+    repo = upload.get("repo_id")
     if not repo:
         raise WorkflowError("upload.repo_id is not set: give the Hub repository, e.g. upload: {repo_id: my-team/llama-gsm8k}")
     return repo
@@ -167,4 +191,58 @@ def upload_repo_id():
 def record(rule):
     """Shell suffix that writes the stage's provenance manifest once its outputs are complete."""
     return (f" && python -m llm_bridge.provenance record --rule {rule} --params {{params.cfg:q}} --inputs {{input}}"
-            f" --outputs {{output}} --out {RUN}/manifests/{rule}.json")
+            " --outputs {output} --out {output.manifest}")
+
+
+# What each stage's output depends on besides its inputs: the `cfg` param of its rule (Snakemake reruns a rule
+# when it changes), and the stages whose outputs it reads. Two runs share a stage when both agree for the
+# stage and everything upstream of it.
+STAGE_PARAMS = {
+    "raw_data": lambda c: {"data": c["data"], "seed": c["seed"]},
+    "base_model": lambda c: {"model": c["model"], "seed": c["seed"]},
+    "parquet": lambda c: {k: c["data"][k] for k in ("max_prompt_length", "instruction")},
+    "sft": lambda c: {"sft": stage_config(c, "sft"), "cluster": cluster(), "seed": c["seed"],
+                      "stall_timeout_s": PRESET["stall_timeout_s"], "logging": c.get("logging", {}), **preset_env()},
+    "sft_model": lambda c: {},
+    "ppo": lambda c: {"ppo": stage_config(c, "ppo"), "cluster": cluster(), "seed": c["seed"],
+                      "max_prompt_length": c["data"]["max_prompt_length"], "stall_timeout_s": PRESET["stall_timeout_s"],
+                      "logging": c.get("logging", {}), **preset_env()},
+    "merged_model": lambda c: {},
+    "evaluate": lambda c: {**c["evaluate"], "note": "" if PPO else
+                           "PPO is off in this config (ppo.enabled: false): the merged model is the SFT model."},
+    "plots": lambda c: {},
+    "model_card": lambda c: c,
+    "upload": lambda c: c["upload"],
+}
+UPSTREAM = {
+    "raw_data": [], "base_model": ["raw_data"], "parquet": ["raw_data", "base_model"], "sft": ["base_model", "parquet"],
+    "sft_model": ["sft"], "ppo": ["sft_model", "parquet"], "merged_model": [LAST_TRAINED],
+    "evaluate": ["base_model", "parquet", "merged_model"] + (["sft_model"] if PPO else []),
+    "plots": ["sft", "evaluate"] + (["ppo"] if PPO else []), "model_card": ["merged_model", "evaluate"],
+    "upload": ["model_card", "evaluate"],
+}
+OWNER = experiments.owners(list(RUNS), lambda run, stage: as_json(STAGE_PARAMS[stage](RUNS[run])), UPSTREAM)
+
+
+def run_of(wildcards):
+    return wildcards.get("run", BASE["run_name"])
+
+
+def cfg(stage):
+    """The rule's `cfg` param: its stage settings for the run being built, as JSON."""
+    return lambda wildcards: as_json(STAGE_PARAMS[stage](RUNS[run_of(wildcards)]))
+
+
+def at(stage, *paths):
+    """Input function: `paths` (relative to a run's folder) of `stage`'s outputs for the run being built, in the
+    folder of the run that holds them (shared stages: the first-declared run with the same settings)."""
+    found = lambda wildcards: [f"runs/{OWNER[run_of(wildcards), stage]}/{path}" for path in paths]
+    return (lambda wildcards: found(wildcards)[0]) if len(paths) == 1 else found
+
+
+def run_targets(run):
+    """What `all` builds for one run."""
+    wildcards = {"run": run}
+    targets = [at("merged_model", "merged_model"), at("evaluate", "evaluate/eval.json"), at("plots", "report/eval_table.html")]
+    targets += [at("upload", "upload/receipt.json")] if BASE["upload"]["enabled"] else []
+    return [target(wildcards) for target in targets]

@@ -1,6 +1,10 @@
-EVAL_MODELS = {"base": rules.base_model.output.model, "sft": f"{RUN}/sft/model" if PPO else f"{RUN}/merged_model"}
+EVAL_MODELS = {"base": ("base_model", "base_model"), "sft": ("sft_model", "sft/model") if PPO else ("merged_model", "merged_model")}
 if PPO:
-    EVAL_MODELS["ppo"] = f"{RUN}/merged_model"
+    EVAL_MODELS["ppo"] = ("merged_model", "merged_model")
+
+
+def eval_models(wildcards):
+    return {name: at(stage, path)(wildcards) for name, (stage, path) in EVAL_MODELS.items()}
 
 
 rule evaluate:
@@ -9,12 +13,11 @@ rule evaluate:
         manifest=report(f"{RUN}/manifests/evaluate.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/evaluate.py",
-        test=rules.parquet.output.test,
-        models=list(EVAL_MODELS.values()),
+        test=at("parquet", "parquet/test.parquet"),
+        models=lambda wildcards: list(eval_models(wildcards).values()),
     params:
-        cfg=as_json({**config["evaluate"], "note": "" if PPO else
-                     "PPO is off in this config (ppo.enabled: false): the merged model is the SFT model."}),
-        models=" ".join(f"--model {name}={path}" for name, path in EVAL_MODELS.items()),
+        cfg=cfg("evaluate"),
+        models=lambda wildcards: " ".join(f"--model {name}={path}" for name, path in eval_models(wildcards).items()),
     resources:
         **slurm_resources("evaluate"),
     log:

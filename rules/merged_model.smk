@@ -5,11 +5,11 @@ rule merged_model:
         manifest=report(f"{RUN}/manifests/merged_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/merge.py",
-        result=f"{RUN}/{LAST_TRAINED}/result.json",
+        result=at(LAST_TRAINED, f"{LAST_TRAINED}/result.json"),
     resources:
         **slurm_resources("merged_model"),
     params:
-        cfg="{}",
+        cfg=cfg("merged_model"),
     log:
         f"{RUN}/logs/merged_model.log",
     shell:
@@ -24,9 +24,9 @@ rule sft_model:
         manifest=report(f"{RUN}/manifests/sft_model.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/merge.py",
-        result=f"{RUN}/sft/result.json",
+        result=at("sft", "sft/result.json"),
     params:
-        cfg="{}",
+        cfg=cfg("sft_model"),
     log:
         f"{RUN}/logs/sft_model.log",
     shell:

@@ -7,12 +7,12 @@ rule parquet:
         manifest=report(f"{RUN}/manifests/parquet.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/parquet.py",
-        raw=rules.raw_data.output,
-        tokenizer=rules.base_model.output.model,
+        raw=at("raw_data", "raw_data/train.jsonl", "raw_data/test.jsonl", "manifests/raw_data.json"),
+        tokenizer=at("base_model", "base_model"),
     params:
-        cfg=as_json({k: config["data"][k] for k in ("max_prompt_length", "instruction")}),
+        cfg=cfg("parquet"),
     log:
         f"{RUN}/logs/parquet.log",
     shell:
-        "python -m llm_bridge.parquet --params {params.cfg:q} --raw-dir {RUN}/raw_data --tokenizer {input.tokenizer}"
-        " --out-dir {RUN}/parquet 2>&1 | tee {log}" + record("parquet")
+        "python -m llm_bridge.parquet --params {params.cfg:q} --raw-dir $(dirname {input.raw[0]}) --tokenizer {input.tokenizer}"
+        " --out-dir $(dirname {output.train}) 2>&1 | tee {log}" + record("parquet")

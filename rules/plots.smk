@@ -7,13 +7,13 @@ rule plots:
         manifest=report(f"{RUN}/manifests/plots.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/plots.py",
-        sft=f"{RUN}/sft/result.json",
-        ppo=f"{RUN}/ppo/result.json" if PPO else [],
-        eval=rules.evaluate.output.eval,
+        sft=at("sft", "sft/result.json"),
+        ppo=at("ppo", "ppo/result.json") if PPO else [],
+        eval=at("evaluate", "evaluate/eval.json"),
     log:
         f"{RUN}/logs/plots.log",
     params:
-        cfg="{}",
-        ppo=f"--ppo {RUN}/ppo/result.json" if PPO else "",
+        cfg=cfg("plots"),
+        ppo=lambda wildcards, input: f"--ppo {input.ppo}" if PPO else "",
     shell:
-        "python -m llm_bridge.plots --sft {input.sft} {params.ppo} --eval {input.eval} --out-dir {RUN}/report 2>&1 | tee {log}" + record("plots")
+        "python -m llm_bridge.plots --sft {input.sft} {params.ppo} --eval {input.eval} --out-dir $(dirname {output.table}) 2>&1 | tee {log}" + record("plots")

@@ -4,15 +4,16 @@ rule ppo:
         manifest=report(f"{RUN}/manifests/ppo.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=[f"{SRC}/ppo.py", f"{SRC}/launch.py"],
-        sft_model=f"{RUN}/sft/model",
-        data=[rules.parquet.output.train, rules.parquet.output.test],
+        sft_model=at("sft_model", "sft/model"),
+        data=at("parquet", "parquet/train.parquet", "parquet/test.parquet"),
     params:
-        cfg=as_json({"ppo": stage_config("ppo"), "cluster": cluster(), "seed": config["seed"],
-                     "max_prompt_length": config["data"]["max_prompt_length"], "stall_timeout_s": PRESET["stall_timeout_s"], "logging": config.get("logging", {}), **preset_env()}),
+        cfg=cfg("ppo"),
     resources:
         **slurm_resources("ppo"),
     log:
         f"{RUN}/logs/ppo.log",
+    benchmark:
+        f"{RUN}/benchmarks/ppo.tsv"  # wall time of the (last) attempt, for the experiment comparison
     shell:
-        "python -m llm_bridge.ppo --params {params.cfg:q} --sft-model {input.sft_model} --data-dir {RUN}/parquet"
-        " --out-dir {RUN}/ppo 2>&1 | tee {log}" + record("ppo")
+        "python -m llm_bridge.ppo --params {params.cfg:q} --sft-model {input.sft_model} --data-dir $(dirname {input.data[0]})"
+        " --out-dir $(dirname {output.result}) 2>&1 | tee {log}" + record("ppo")

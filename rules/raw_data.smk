@@ -6,10 +6,10 @@ rule raw_data:
     input:
         code=f"{SRC}/raw_data.py",
         # a local source is a real input: editing the file reruns everything downstream
-        local=[config["data"]["local"]["train"], config["data"]["local"]["test"]] if config["data"]["source"] == "local" else [],
+        local=[BASE["data"]["local"]["train"], BASE["data"]["local"]["test"]] if BASE["data"]["source"] == "local" else [],
     params:
-        cfg=as_json({"data": config["data"], "seed": config["seed"]}),
+        cfg=cfg("raw_data"),
     log:
         f"{RUN}/logs/raw_data.log",
     shell:
-        "python -m llm_bridge.raw_data --params {params.cfg:q} --out-dir {RUN}/raw_data 2>&1 | tee {log}" + record("raw_data")
+        "python -m llm_bridge.raw_data --params {params.cfg:q} --out-dir $(dirname {output.train}) 2>&1 | tee {log}" + record("raw_data")

@@ -6,17 +6,18 @@ rule sft:
         manifest=report(f"{RUN}/manifests/sft.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=[f"{SRC}/sft.py", f"{SRC}/launch.py"],
-        base_model=rules.base_model.output.model,
-        data=[rules.parquet.output.sft_train, rules.parquet.output.sft_test],
+        base_model=at("base_model", "base_model"),
+        data=at("parquet", "parquet/sft_train.parquet", "parquet/sft_test.parquet"),
     params:
-        cfg=as_json({"sft": stage_config("sft"), "cluster": cluster(), "seed": config["seed"],
-                     "stall_timeout_s": PRESET["stall_timeout_s"], "logging": config.get("logging", {}), **preset_env()}),
+        cfg=cfg("sft"),
     resources:
         **slurm_resources("sft"),
     log:
         f"{RUN}/logs/sft.log",
+    benchmark:
+        f"{RUN}/benchmarks/sft.tsv"  # wall time of the (last) attempt, for the experiment comparison
     shell:
         # one node: the plugin's jobstep runs this; several nodes: one `python -m llm_bridge.sft` (one torchrun)
         # per node through srun, rendezvous on the allocation's first node
-        srun_per_node("sft") + "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir {RUN}/parquet"
-        " --out-dir {RUN}/sft 2>&1 | tee {log}" + record("sft")
+        srun_per_node("sft") + "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir $(dirname {input.data[0]})"
+        " --out-dir $(dirname {output.result}) 2>&1 | tee {log}" + record("sft")

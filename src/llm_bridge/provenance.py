@@ -86,9 +86,11 @@ def build(rule: str, params: dict, inputs: list[Path], outputs: list[Path]) -> d
 
 
 def chain(artifact: Path, manifests_dir: Path) -> list[dict]:
-    """The manifests behind `artifact`, newest stage first, following inputs back to the raw data."""
-    manifests = [json.loads(p.read_text()) for p in sorted(manifests_dir.glob("*.json"))]
-    base = manifests_dir.resolve().parents[2]  # paths are recorded relative to the workflow's folder
+    """The manifests behind `artifact`, newest stage first, following inputs back to the raw data. A stage shared
+    by an experiment's variants ran in another run's folder: every run's manifests are searched."""
+    runs = next(p for p in manifests_dir.resolve().parents if p.name == "runs")
+    base = runs.parent  # paths are recorded relative to the workflow's folder
+    manifests = [json.loads(p.read_text()) for p in sorted(runs.glob("**/manifests/*.json"))]
     producer = {(base / o["path"]).resolve(): m for m in manifests for o in m["outputs"]}
     seen, order, todo = set(), [], [artifact.resolve()]
     while todo:
