@@ -10,6 +10,7 @@ rule ppo:
         cfg=cfg("ppo"),
     resources:
         **slurm_resources("ppo"),
+        training_jobs=1,  # profiles/default runs one at a time on one machine; SLURM does not limit it
     log:
         f"{RUN}/logs/ppo.log",
     benchmark:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,17 @@ def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, t
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def rendered_dom(page: Path, profile_dir: Path) -> str:
+    """The DOM of an HTML file as a real headless Chromium renders it (scripts run); skips without Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (scripts/test.sh installs it when run as root)")
+    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--no-first-run", f"--user-data-dir={profile_dir}",
+                           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120).stdout
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:

@@ -17,7 +17,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, SNAKEMAKE, default_config, planned_jobs, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, default_config, planned_jobs, rendered_dom, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -201,15 +201,9 @@ def test_upload_through_the_workflow_and_no_secret_anywhere(finished_run, tmp_pa
 def test_snakemake_report_shows_curves_and_eval_table(finished_run, tmp_path):
     """`snakemake --report` (Snakemake's own report), opened in a real headless Chromium: the SFT loss and PPO
     curves and the eval table are in the rendered page."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (scripts/test.sh installs it when run as root)")
     report = finished_run["workdir"] / "report.html"
     snakemake(finished_run["workdir"], finished_run["configfile"], "all", "--report", str(report))
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                          "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = rendered_dom(report, tmp_path / "profile")
     for expected in ("sft_loss.svg", "ppo_curves.svg", "eval_table.html", "Training", "Evaluation"):
         assert expected in dom, f"{expected} not in the rendered report"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
+matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text in the inlined SVG (searchable, smaller)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from llm_bridge import atomic  # noqa: E402
@@ -94,11 +95,12 @@ def curves(rows: list[dict]) -> str:
     for row in rows:
         shared.setdefault(row["sft_path"], []).append(row)
     for group in shared.values():
-        left.plot(*series(group[0]["sft_metrics"], "train/loss"), label=", ".join(short_name(r["run"]) for r in group))
+        left.plot(*series(group[0]["sft_metrics"], "train/loss"), label=", ".join(short_name(r["run"]) for r in group),
+                  gid=f"sft-{short_name(group[0]['run'])}")
     left.set(xlabel="step", ylabel="train loss", title="SFT loss", yscale="log")
     left.legend(fontsize="small")
     for row in rows:
-        right.plot(*series(row["ppo_metrics"], REWARD), marker="o", label=short_name(row["run"]))
+        right.plot(*series(row["ppo_metrics"], REWARD), marker="o", label=short_name(row["run"]), gid=f"ppo-{short_name(row['run'])}")
     right.set(xlabel="PPO step", ylabel="mean reward", title="PPO reward (GSM8K exact match)")
     if any(row["ppo_metrics"] for row in rows):
         right.legend(fontsize="small")

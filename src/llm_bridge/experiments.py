@@ -114,9 +114,14 @@ def load(path: Path, config: dict, schema: dict) -> tuple[dict, dict[str, dict]]
 
 def check(config: dict, schema: dict, what: str) -> None:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise InputError(f"{what}: key {key}: {error.message} (see config/schema.yaml)")
+    if error is None:
+        return
+    key, message = ".".join(str(p) for p in error.absolute_path), error.message
+    if error.validator == "additionalProperties":  # name the misspelt key itself, and what is allowed there
+        allowed = sorted(error.schema.get("properties", {}))
+        key = ".".join(filter(None, [key, *sorted(set(error.instance) - set(allowed))]))
+        message = f"unknown key; allowed here: {', '.join(allowed)}"
+    raise InputError(f"{what}: key {key or '(top level)'}: {message} (see config/schema.yaml)")
 
 
 def owners(runs: list[str], key: Callable[[str, str], str], upstream: dict[str, list[str]]) -> dict[tuple[str, str], str]:
