@@ -10,7 +10,7 @@ def compare_variants(wildcards=None):
         w = {"run": run}
         out[run] = {"config": run_config, "sft": at("sft", "sft/result.json")(w), "eval": at("evaluate", "evaluate/eval.json")(w),
                     "ppo": at("ppo", "ppo/result.json")(w) if PPO else None,
-                    "benchmarks": {s: at(s, f"benchmarks/{s}.tsv")(w) for s in ("sft", "ppo")[: 2 if PPO else 1]}}
+                    "benchmarks": {s: at(s, f"benchmarks/{s}.tsv")(w) for s in {"sft", LAST_TRAINED}}}
     return out
 
 
