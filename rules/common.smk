@@ -120,6 +120,13 @@ def slurm_resources(rule_name):
     return res
 
 
+def all_local_cores(wildcards):
+    """Threads of sft and ppo: every core of `--cores N`, so that on one machine an experiment's trainings run
+    one after another (each uses all cores; PPO several GiB of RAM). Remote executors do not count cores, and
+    the SLURM job's CPUs are the preset's cpus_per_task: the variants' trainings run as parallel jobs."""
+    return workflow.global_resources["_cores"].value or 1
+
+
 def srun_per_node(rule_name):
     """Shell prefix of a rule that spans nodes: one task per node of the job's allocation (its tasks see
     SLURM_NODEID etc.; the rule's own shell, run by the plugin's jobstep, does not). Empty on one node."""

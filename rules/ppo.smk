@@ -10,7 +10,7 @@ rule ppo:
         cfg=cfg("ppo"),
     resources:
         **slurm_resources("ppo"),
-        training_jobs=1,  # profiles/default runs one at a time on one machine; SLURM does not limit it
+    threads: all_local_cores
     log:
         f"{RUN}/logs/ppo.log",
     benchmark:

@@ -12,7 +12,7 @@ rule sft:
         cfg=cfg("sft"),
     resources:
         **slurm_resources("sft"),
-        training_jobs=1,  # profiles/default runs one at a time on one machine; SLURM does not limit it
+    threads: all_local_cores
     log:
         f"{RUN}/logs/sft.log",
     benchmark:
