@@ -110,7 +110,7 @@ def test_adding_a_learning_rate_runs_only_what_is_new(finished_sweep, tmp_path):
     workdir, configfile = finished_sweep["workdir"], finished_sweep["configfile"]
     assert planned_jobs(plan(workdir, configfile, "lr-sweep")) == {}  # a finished sweep is a no-op
     grown = tmp_path / "lr-sweep.yaml"  # the same experiment (file stem) with a 4th learning rate
-    grown.write_text(yaml.safe_dump({"grid": {**SWEEP["grid"], "sft.lr": [*SWEEP["grid"]["sft.lr"], 3.0e-2]}}))
+    grown.write_text(yaml.safe_dump({"grid": {**SWEEP["grid"], "sft.lr": [*SWEEP["grid"]["sft.lr"], 3.0e-2]}}, sort_keys=False))
     proc = plan(workdir, configfile, str(grown))
     assert planned_jobs(proc) == {"sft": 1, "sft_model": 1, "ppo": 2, "merged_model": 2, "evaluate": 2, "plots": 2,
                                   "compare": 1, "experiment": 1}
