@@ -144,11 +144,12 @@ def _check_before_submission():
     that spans nodes is refused outside SLURM."""
     plugin = getattr(workflow, "executor_plugin", None)
     name = getattr(plugin, "name", "")
+    # `all` and other local jobs are never submitted
     jobs = [
         (job.rule.name, dict(job.resources.items()))
         for job in workflow.dag.needrun_jobs()
         if not (job.is_local or job.is_norun)
-    ]  # `all` and other local jobs are never submitted
+    ]
     spans = [r for r, _ in jobs if r in MULTI_NODE_RULES]
     if name != "slurm":
         if PRESET["nnodes"] > 1 and spans and "SLURM_JOB_ID" not in os.environ:
