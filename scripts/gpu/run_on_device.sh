@@ -98,7 +98,7 @@ EOF
       steps=${task#chain-ppo}; steps=${steps#=}; steps=${steps:-2}
       params=$(python3 scripts/gpu/prepare_run.py params --preset h200x1 --stage ppo --override "trainer.total_training_steps=$steps")
       t=$SECONDS
-      timeout "${PPO_TIMEOUT:-420}" python3 -m llm_bridge.ppo --params "$params" --sft-model "$WORK/sft/model" \
+      timeout "${PPO_TIMEOUT:-540}" python3 -m llm_bridge.ppo --params "$params" --sft-model "$WORK/sft/model" \
         --data-dir "$WORK/parquet" --out-dir "$WORK/ppo" > "$LOGS/ppo.log" 2>&1; echo "ppo exit $?" | tee -a "$OUT/info.txt"
       stamp ppo $t; cp "$WORK/ppo/result.json" "$OUT/ppo_result.json" 2>/dev/null
       t=$SECONDS
