@@ -17,7 +17,7 @@ validate(config, "../config/schema.yaml")
 
 # Rules call `python -m llm_bridge.<stage>`: make that the interpreter Snakemake itself runs in (the project's
 # environment), also when it was started as .venv/bin/snakemake without activating the environment.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 
 def load_preset(name):
@@ -61,6 +61,7 @@ SRC = os.path.join(workflow.basedir, "src", "llm_bridge")
 PPO = BASE["ppo"]["enabled"]
 LAST_TRAINED = "ppo" if PPO else "sft"
 
+
 wildcard_constraints:
     run="[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*",
 
@@ -68,6 +69,13 @@ wildcard_constraints:
 def as_json(value):
     """Params are compared by Snakemake between runs: a changed value reruns the rule and what follows."""
     return json.dumps(value, sort_keys=True)
+
+
+def stage_manifest(rule):
+    """The provenance manifest every stage writes last (llm_bridge.provenance record), shown in the report."""
+    return report(
+        f"{RUN}/manifests/{rule}.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"
+    )
 
 
 def stage_config(run_config, stage):
@@ -84,7 +92,8 @@ def cluster():
     return {k: PRESET[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")}
 
 
-SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos"}  # preset key -> plugin resource
+# preset key -> the SLURM executor plugin's resource
+SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos"}
 MULTI_NODE_RULES = ("sft", "ppo")  # rules whose job spans the preset's nnodes nodes
 # sft and ppo resume from verl's latest checkpoint: SLURM may requeue them (preemption, node failure), and the
 # restarted job appends to its log instead of truncating it
@@ -105,8 +114,10 @@ def slurm_resources(rule_name):
     if rule_name in MULTI_NODE_RULES:
         nodes = PRESET["nnodes"]
         if res.get("nodes", nodes) != nodes:
-            raise WorkflowError(f"preset {PRESET['name']}: slurm.{rule_name}.nodes={res['nodes']} but nnodes={nodes}; "
-                                "drop slurm.*.nodes (it follows nnodes)")
+            raise WorkflowError(
+                f"preset {PRESET['name']}: slurm.{rule_name}.nodes={res['nodes']} but nnodes={nodes}; "
+                "drop slurm.*.nodes (it follows nnodes)"
+            )
         if nodes > 1:
             res.update(nodes=nodes, tasks=nodes, mpi="srun")
         res["slurm_extra"] = " ".join(x for x in (res.get("slurm_extra"), REQUEUE) if x)
@@ -128,14 +139,16 @@ def all_local_cores(wildcards):
 
 
 def srun_per_node(rule_name):
-    """Shell prefix of a rule that spans nodes: one task per node of the job's allocation (its tasks see
+    """Shell prefix for the rules that span nodes, one task per node of the job's allocation (its tasks see
     SLURM_NODEID etc.; the rule's own shell, run by the plugin's jobstep, does not). Empty on one node."""
     nodes = PRESET["nnodes"]
     if nodes == 1:
         return ""
     cpus = slurm_resources(rule_name).get("cpus_per_task")
-    return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1{f' --cpus-per-task={cpus}' if cpus else ''}"
-            " --kill-on-bad-exit=1 --label ")
+    return (
+        f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1{f' --cpus-per-task={cpus}' if cpus else ''}"
+        " --kill-on-bad-exit=1 --label "
+    )
 
 
 def _preset_default_resources():
@@ -148,8 +161,10 @@ def _preset_default_resources():
     try:
         workflow.resource_settings._parsed_default_resources.update(Resources.from_mapping(slurm_resources("default")))
     except AttributeError:
-        print("llm-bridge: warning: could not apply the preset's default SLURM resources to every rule "
-              "(snakemake internals changed); only sft, ppo, merged_model and evaluate get them")
+        print(
+            "llm-bridge: warning: could not apply the preset's default SLURM resources to every rule "
+            "(snakemake internals changed); only sft, ppo, merged_model and evaluate get them"
+        )
 
 
 _preset_default_resources()
@@ -161,26 +176,34 @@ def _check_before_submission():
     that spans nodes is refused outside SLURM."""
     plugin = getattr(workflow, "executor_plugin", None)
     name = getattr(plugin, "name", "")
-    jobs = [(job.rule.name, dict(job.resources.items())) for job in workflow.dag.needrun_jobs()
-            if not (job.is_local or job.is_norun)]  # `all` and other local jobs are never submitted
+    # `all` and other local jobs are never submitted
+    jobs = [
+        (job.rule.name, dict(job.resources.items()))
+        for job in workflow.dag.needrun_jobs()
+        if not (job.is_local or job.is_norun)
+    ]
     spans = [r for r, _ in jobs if r in MULTI_NODE_RULES]
     if name != "slurm":
         if PRESET["nnodes"] > 1 and spans and "SLURM_JOB_ID" not in os.environ:
-            raise WorkflowError(f"preset {PRESET['name']} spans {PRESET['nnodes']} nodes ({', '.join(sorted(set(spans)))}): "
-                                "run it on a SLURM cluster with `snakemake --profile slurm ...`")
+            raise WorkflowError(
+                f"preset {PRESET['name']} spans {PRESET['nnodes']} nodes ({', '.join(sorted(set(spans)))}): "
+                "run it on a SLURM cluster with `snakemake --profile slurm ...`"
+            )
         return
     from llm_bridge import slurm_check
 
     if not slurm_check.available():
         raise WorkflowError("the SLURM executor is selected, but sinfo/scontrol are not on PATH")
-    fix = (f"in config/presets/{PRESET['name']}.yaml (or for one run: --set-resources <rule>:<resource>=<value>)")
+    fix = f"in config/presets/{PRESET['name']}.yaml (or for one run: --set-resources <rule>:<resource>=<value>)"
     try:
         problems = slurm_check.check_jobs(jobs, fix)
     except RuntimeError as exc:  # scontrol/sinfo do not answer
         raise WorkflowError(f"cannot check the jobs against the SLURM cluster, nothing was submitted: {exc}") from None
     if problems:
-        raise WorkflowError("the SLURM cluster cannot run this workflow as configured; nothing was submitted:\n  "
-                            + "\n  ".join(problems))
+        raise WorkflowError(
+            "the SLURM cluster cannot run this workflow as configured; nothing was submitted:\n  "
+            + "\n  ".join(problems)
+        )
     print(f"llm-bridge: {len(jobs)} job(s) checked against the SLURM cluster (partitions, GPUs, accounts): OK")
 
 
@@ -191,14 +214,10 @@ onstart:
 def upload_repo_id(upload):
     repo = upload.get("repo_id")
     if not repo:
-        raise WorkflowError("upload.repo_id is not set: give the Hub repository, e.g. upload: {repo_id: my-team/llama-gsm8k}")
+        raise WorkflowError(
+            "upload.repo_id is not set: give the Hub repository, e.g. upload: {repo_id: my-team/llama-gsm8k}"
+        )
     return repo
-
-
-def record(rule):
-    """Shell suffix that writes the stage's provenance manifest once its outputs are complete."""
-    return (f" && python -m llm_bridge.provenance record --rule {rule} --params {{params.cfg:q}} --inputs {{input}}"
-            " --outputs {output} --out {output.manifest}")
 
 
 # What each stage's output depends on besides its inputs: the `cfg` param of its rule (Snakemake reruns a rule
@@ -208,24 +227,44 @@ STAGE_PARAMS = {
     "raw_data": lambda c: {"data": c["data"], "seed": c["seed"]},
     "base_model": lambda c: {"model": c["model"], "seed": c["seed"]},
     "parquet": lambda c: {k: c["data"][k] for k in ("max_prompt_length", "instruction")},
-    "sft": lambda c: {"sft": stage_config(c, "sft"), "cluster": cluster(), "seed": c["seed"],
-                      "stall_timeout_s": PRESET["stall_timeout_s"], "logging": c.get("logging", {}), **preset_env()},
+    "sft": lambda c: {
+        "sft": stage_config(c, "sft"),
+        "cluster": cluster(),
+        "seed": c["seed"],
+        "stall_timeout_s": PRESET["stall_timeout_s"],
+        "logging": c.get("logging", {}),
+        **preset_env(),
+    },
     "sft_model": lambda c: {},
-    "ppo": lambda c: {"ppo": stage_config(c, "ppo"), "cluster": cluster(), "seed": c["seed"],
-                      "max_prompt_length": c["data"]["max_prompt_length"], "stall_timeout_s": PRESET["stall_timeout_s"],
-                      "logging": c.get("logging", {}), **preset_env()},
+    "ppo": lambda c: {
+        "ppo": stage_config(c, "ppo"),
+        "cluster": cluster(),
+        "seed": c["seed"],
+        "max_prompt_length": c["data"]["max_prompt_length"],
+        "stall_timeout_s": PRESET["stall_timeout_s"],
+        "logging": c.get("logging", {}),
+        **preset_env(),
+    },
     "merged_model": lambda c: {},
-    "evaluate": lambda c: {**c["evaluate"], "note": "" if PPO else
-                           "PPO is off in this config (ppo.enabled: false): the merged model is the SFT model."},
+    "evaluate": lambda c: {
+        **c["evaluate"],
+        "note": "" if PPO else "PPO is off in this config (ppo.enabled: false): the merged model is the SFT model.",
+    },
     "plots": lambda c: {},
     "model_card": lambda c: c,
     "upload": lambda c: c["upload"],
 }
 UPSTREAM = {
-    "raw_data": [], "base_model": ["raw_data"], "parquet": ["raw_data", "base_model"], "sft": ["base_model", "parquet"],
-    "sft_model": ["sft"], "ppo": ["sft_model", "parquet"], "merged_model": [LAST_TRAINED],
+    "raw_data": [],
+    "base_model": ["raw_data"],
+    "parquet": ["raw_data", "base_model"],
+    "sft": ["base_model", "parquet"],
+    "sft_model": ["sft"],
+    "ppo": ["sft_model", "parquet"],
+    "merged_model": [LAST_TRAINED],
     "evaluate": ["base_model", "parquet", "merged_model"] + (["sft_model"] if PPO else []),
-    "plots": ["sft", "evaluate"] + (["ppo"] if PPO else []), "model_card": ["merged_model", "evaluate"],
+    "plots": ["sft", "evaluate"] + (["ppo"] if PPO else []),
+    "model_card": ["merged_model", "evaluate"],
     "upload": ["model_card", "evaluate"],
 }
 OWNER = experiments.owners(list(RUNS), lambda run, stage: as_json(STAGE_PARAMS[stage](RUNS[run])), UPSTREAM)
@@ -250,6 +289,10 @@ def at(stage, *paths):
 def run_targets(run):
     """What `all` builds for one run."""
     wildcards = {"run": run}
-    targets = [at("merged_model", "merged_model"), at("evaluate", "evaluate/eval.json"), at("plots", "report/eval_table.html")]
+    targets = [
+        at("merged_model", "merged_model"),
+        at("evaluate", "evaluate/eval.json"),
+        at("plots", "report/eval_table.html"),
+    ]
     targets += [at("upload", "upload/receipt.json")] if BASE["upload"]["enabled"] else []
     return [target(wildcards) for target in targets]

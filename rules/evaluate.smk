@@ -1,4 +1,8 @@
-EVAL_MODELS = {"base": ("base_model", "base_model"), "sft": ("sft_model", "sft/model") if PPO else ("merged_model", "merged_model")}
+# table row -> (stage, its folder in a run)
+EVAL_MODELS = {
+    "base": ("base_model", "base_model"),
+    "sft": ("sft_model", "sft/model") if PPO else ("merged_model", "merged_model"),
+}
 if PPO:
     EVAL_MODELS["ppo"] = ("merged_model", "merged_model")
 
@@ -8,20 +12,22 @@ def eval_models(wildcards):
 
 
 rule evaluate:
-    output:
-        eval=f"{RUN}/evaluate/eval.json",
-        manifest=report(f"{RUN}/manifests/evaluate.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
     input:
         code=f"{SRC}/evaluate.py",
         test=at("parquet", "parquet/test.parquet"),
-        models=lambda wildcards: list(eval_models(wildcards).values()),
-    params:
-        cfg=cfg("evaluate"),
-        models=lambda wildcards: " ".join(f"--model {name}={path}" for name, path in eval_models(wildcards).items()),
-    resources:
-        **slurm_resources("evaluate"),
+        models=lambda w: list(eval_models(w).values()),
+    output:
+        eval=f"{RUN}/evaluate/eval.json",
+        manifest=stage_manifest("evaluate"),
     log:
         f"{RUN}/logs/evaluate.log",
+    resources:
+        **slurm_resources("evaluate"),
+    params:
+        cfg=cfg("evaluate"),
+        models=lambda w: " ".join(f"--model {name}={path}" for name, path in eval_models(w).items()),
     shell:
         "python -m llm_bridge.evaluate --params {params.cfg:q} --test {input.test} {params.models} --out {output.eval}"
-        " 2>&1 | tee {log}" + record("evaluate")
+        " 2>&1 | tee {log}"
+        " && python -m llm_bridge.provenance record --rule evaluate --params {params.cfg:q}"
+        " --inputs {input} --outputs {output} --out {output.manifest}"
