@@ -296,3 +296,42 @@ def run_targets(run):
     ]
     targets += [at("upload", "upload/receipt.json")] if BASE["upload"]["enabled"] else []
     return [target(wildcards) for target in targets]
+
+
+# evaluate: table row -> (stage, its folder in a run)
+EVAL_MODELS = {
+    "base": ("base_model", "base_model"),
+    "sft": ("sft_model", "sft/model") if PPO else ("merged_model", "merged_model"),
+}
+if PPO:
+    EVAL_MODELS["ppo"] = ("merged_model", "merged_model")
+
+
+def eval_models(wildcards):
+    return {name: at(stage, path)(wildcards) for name, (stage, path) in EVAL_MODELS.items()}
+
+
+def compare_variants():
+    """Per variant: its config and where its SFT, PPO and evaluation results are (shared stages: another
+    variant's folder); the benchmark files are not inputs (Snakemake writes them beside the outputs)."""
+    out = {}
+    for run, run_config in RUNS.items():
+        w = {"run": run}
+        out[run] = {
+            "config": run_config,
+            "sft": at("sft", "sft/result.json")(w),
+            "eval": at("evaluate", "evaluate/eval.json")(w),
+            "ppo": at("ppo", "ppo/result.json")(w) if PPO else None,
+            "benchmarks": {s: at(s, f"benchmarks/{s}.tsv")(w) for s in {"sft", LAST_TRAINED}},
+        }
+    return out
+
+
+def experiment_targets(wildcards):
+    """The `experiment` target: every variant (as `all`) and the comparison report."""
+    if not EXPERIMENT:
+        raise WorkflowError(
+            "the target `experiment` needs an experiment: snakemake --cores 2 experiment --config experiment=NAME "
+            "(experiments/NAME.yaml; docs/experiments.md)"
+        )
+    return [target for run in RUNS for target in run_targets(run)] + [f"runs/{EXPERIMENT}/compare/report.html"]

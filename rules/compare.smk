@@ -2,22 +2,6 @@
 #   snakemake --cores 2 experiment --config experiment=lr-sweep
 
 
-def compare_variants(wildcards=None):
-    """Per variant: its config and where its SFT, PPO and evaluation results are (shared stages: another
-    variant's folder); the benchmark files are not inputs (Snakemake writes them beside the outputs)."""
-    out = {}
-    for run, run_config in RUNS.items():
-        w = {"run": run}
-        out[run] = {
-            "config": run_config,
-            "sft": at("sft", "sft/result.json")(w),
-            "eval": at("evaluate", "evaluate/eval.json")(w),
-            "ppo": at("ppo", "ppo/result.json")(w) if PPO else None,
-            "benchmarks": {s: at(s, f"benchmarks/{s}.tsv")(w) for s in {"sft", LAST_TRAINED}},
-        }
-    return out
-
-
 if EXPERIMENT:
 
     rule compare:
@@ -44,11 +28,4 @@ if EXPERIMENT:
 rule experiment:
     """Every variant of --config experiment=NAME (as `all`) and the comparison report."""
     input:
-        lambda wildcards: rules.all.input if EXPERIMENT else experiment_missing(),
-
-
-def experiment_missing():
-    raise WorkflowError(
-        "the target `experiment` needs an experiment: snakemake --cores 2 experiment --config experiment=NAME "
-        "(experiments/NAME.yaml; docs/experiments.md)"
-    )
+        experiment_targets,

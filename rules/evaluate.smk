@@ -1,16 +1,3 @@
-# table row -> (stage, its folder in a run)
-EVAL_MODELS = {
-    "base": ("base_model", "base_model"),
-    "sft": ("sft_model", "sft/model") if PPO else ("merged_model", "merged_model"),
-}
-if PPO:
-    EVAL_MODELS["ppo"] = ("merged_model", "merged_model")
-
-
-def eval_models(wildcards):
-    return {name: at(stage, path)(wildcards) for name, (stage, path) in EVAL_MODELS.items()}
-
-
 rule evaluate:
     input:
         code=f"{SRC}/evaluate.py",
