@@ -14,8 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import REPO, default_config, planned_jobs, rendered_dom, snakemake, write_config
+from conftest import (
+    REPO,
+    default_config,
+    planned_jobs,
+    rendered_dom,
+    snakemake,
+    write_config,
+)
 
 SWEEP = {"grid": {"sft.lr": [1.0e-3, 3.0e-3, 1.0e-2], "ppo.kl_coef": [0.001, 0.01]}}
 VARIANTS = [f"lr{lr}_kl_coef{kl}" for lr in ("0.001", "0.003", "0.01") for kl in ("0.001", "0.01")]
@@ -76,8 +82,8 @@ def test_bad_variant_is_refused_before_anything_runs(tmp_path, variant, key):
 
 def dag_edges(dot: str) -> tuple[dict[str, str], set[tuple[str, str]]]:
     """Snakemake's --dag (graphviz): node id -> rule, and (from, to) edges."""
-    nodes = {m[1]: m[2] for m in re.finditer(r"^\s*(\d+)\[label = \"(\w+)", dot, re.M)}
-    return nodes, {(a, b) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.M)}
+    nodes = {m[1]: m[2] for m in re.finditer(r"^\s*(\d+)\[label = \"(\w+)", dot, re.MULTILINE)}
+    return nodes, {(a, b) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, re.MULTILINE)}
 
 
 def test_slurm_profile_submits_variants_as_independent_jobs(tmp_path):
@@ -114,7 +120,7 @@ def test_adding_a_learning_rate_runs_only_what_is_new(finished_sweep, tmp_path):
     proc = plan(workdir, configfile, str(grown))
     assert planned_jobs(proc) == {"sft": 1, "sft_model": 1, "ppo": 2, "merged_model": 2, "evaluate": 2, "plots": 2,
                                   "compare": 1, "experiment": 1}
-    outputs = re.findall(r"^    output: (\S+)", proc.stdout, re.M)
+    outputs = re.findall(r"^    output: (\S+)", proc.stdout, re.MULTILINE)
     assert all(o.startswith(("runs/lr-sweep/lr0.03_", "runs/lr-sweep/compare/")) for o in outputs), outputs
 
 
@@ -134,7 +140,7 @@ def test_each_variant_has_its_own_provenance_chain(finished_sweep):
 def test_comparison_report_renders_table_and_curves(finished_sweep, tmp_path):
     dom = rendered_dom(finished_sweep["runs"] / "compare" / "report.html", tmp_path / "profile")
     table = dom.split("<table id=\"compare-table\">", 1)[1].split("</table>", 1)[0]
-    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.DOTALL)
     assert re.findall(r"<th>(.*?)</th>", rows[0]) == ["variant", "ppo.kl_coef", "sft.lr", "final SFT loss", "final PPO reward",
                                                       "eval accuracy (95% CI)", "SFT wall s", "PPO wall s"]
     assert sorted(re.match(r"<td>([\w.-]+)", r)[1] for r in rows[1:]) == sorted(VARIANTS)

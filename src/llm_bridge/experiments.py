@@ -17,8 +17,8 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jsonschema
 import yaml
