@@ -3,7 +3,7 @@ file (curves inlined as SVG) that the Snakemake report also shows.
 
 A table of every setting that differs between the variants, the final SFT loss, the final PPO reward, the
 evaluation accuracy of each variant's final model with a 95 % Wilson interval, and the SFT and PPO wall time;
-overlaid SFT loss and PPO reward curves; the best variant (highest accuracy, then reward) marked.
+overlaid SFT loss and PPO reward curves; the best variant (highest accuracy, then reward, then SFT loss) marked.
 
     python -m llm_bridge.compare --experiment lr-sweep --variants '<json>' --out runs/lr-sweep/compare/report.html
     <json>: {"<run>": {"config": {...}, "sft": "<sft/result.json>", "ppo": "<ppo/result.json>" | null,
@@ -77,7 +77,11 @@ def summarise(run: str, spec: dict) -> dict:
 
 
 def best(rows: list[dict]) -> str:
-    return max(rows, key=lambda r: (r["accuracy"], r["reward"] if r["reward"] is not None else -math.inf))["run"]
+    """Highest accuracy, then PPO reward, then lowest SFT loss (ties are common with few evaluation samples)."""
+    def rank(r: dict) -> tuple:
+        return (r["accuracy"], -math.inf if r["reward"] is None else r["reward"],
+                -math.inf if r["sft_loss"] is None else -r["sft_loss"])
+    return max(rows, key=rank)["run"]
 
 
 def svg(fig) -> str:
@@ -142,7 +146,7 @@ def render(experiment: str, variants: dict[str, dict]) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(experiment)}: comparison</title>"
             f"<style>{style}</style></head><body><h1>Experiment {html.escape(experiment)}</h1>"
             f"<p>{len(rows)} variants; best: <b>{html.escape(short_name(winner))}</b> (highest evaluation accuracy of "
-            "the final model, then PPO reward). Wall times are each stage's own job; a stage shared by several "
+            "the final model, then PPO reward, then SFT loss). Wall times are each stage's own job; a stage shared by several "
             "variants ran once and shows the same time in each.</p>"
             f"{table(rows, configs, winner)}<div id='curves'>{curves(rows)}</div></body></html>\n")
 
