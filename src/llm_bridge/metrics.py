@@ -24,3 +24,12 @@ def collect(work_dir: Path) -> list[dict]:
             if isinstance(step, int):
                 by_step.setdefault(step, {"step": step}).update(record.get("data", {}))
     return [by_step[s] for s in sorted(by_step)]
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last quarter of a per-step series (at least one step each): the learning
+    signal of a PPO run, less noisy than single steps."""
+    if not values:
+        raise ValueError("no steps logged")
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q

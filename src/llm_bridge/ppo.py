@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_bridge import launch, metrics
+from llm_bridge import launch, metrics, seeded_rollout
 from llm_bridge.errors import InputError
 
 
@@ -23,7 +23,7 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
     """Hydra overrides for main_ppo; keys are verl's own names, values from config/presets."""
     micro = ppo["ppo_micro_batch_size_per_gpu"]
     args = [
-        "algorithm.adv_estimator=gae",
+        f"algorithm.adv_estimator={ppo.get('algorithm', 'gae')}",
         f"algorithm.kl_ctrl.kl_coef={ppo['kl_coef']}",
         f"data.train_files={data_dir / 'train.parquet'}",
         f"data.val_files={data_dir / 'test.parquet'}",
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     work = args.out_dir / "checkpoints"
     overrides = verl_overrides(params["ppo"], args.sft_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster,
                                params["max_prompt_length"], params["seed"])
+    overrides += seeded_rollout.verl_overrides(args.out_dir, params["seed"])
     resume_step = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
     print(f"[ppo] {f'resuming from step {resume_step}' if resume_step else 'starting from step 0'}; checkpoints in {work}", flush=True)
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
