@@ -102,6 +102,10 @@ def cpu_overrides(cluster: dict, kv_cache_bytes: int) -> list[str]:
         "actor_rollout_ref.rollout.enforce_eager=True",
         "actor_rollout_ref.rollout.dtype=float32",
         f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={kv_cache_bytes}",
+        # Seeded requests (llm_bridge.seeded_rollout) sample with their own torch.Generator, whose offset vLLM rewinds
+        # after a partial prefill chunk; a CPU generator has no offset ("CPU Generator does not use offset"), so
+        # whole prompts only (a large rollout batch otherwise gets split).
+        "actor_rollout_ref.rollout.enable_chunked_prefill=False",
         # A 2-core machine: one agent-loop worker, one reward worker and one TransferQueue storage unit instead
         # of 8 each (every one is a Python process importing torch: about a minute of start-up on 2 cores).
         "data.dataloader_num_workers=0",
