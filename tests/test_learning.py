@@ -3,8 +3,10 @@ means anything is that reinforcement learning improves the model. A broken rewar
 sync that leaves vLLM sampling the old policy or an actor that does not update all leave the reward flat and
 the PPO model no better than the SFT model; this test then fails.
 
-The margins come from the spread measured over 3 seeds (docs/benchmarks.md, "PPO learning"): the smallest
-seed's reward gain and accuracy gain, halved, so a working run passes with room and a flat one cannot.
+The margins are issue 13's targets (reward +0.15 from the first to the last quarter of steps, PPO eval accuracy
++10 points over SFT's). The embedded default does not reach them yet (docs/benchmarks.md, "PPO learning"): the
+tests are marked as expected failures, strictly, so the day the default learns they pass, the suite reports
+XPASS as a failure, and the mark must go. Seed spread was not measured yet: revisit the margins then.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from llm_bridge.metrics import quarter_means
 
 pytestmark = pytest.mark.e2e
 
-REWARD_GAIN_MIN = 0.10   # last-quarter minus first-quarter mean reward
-ACCURACY_GAIN_MIN = 0.0  # PPO eval accuracy minus SFT's (greedy, same test problems)
+REWARD_GAIN_MIN = 0.15    # last-quarter minus first-quarter mean reward
+ACCURACY_GAIN_MIN = 0.10  # PPO eval accuracy minus SFT's (greedy, same 200 test problems)
+NOT_YET = pytest.mark.xfail(strict=True, reason="issue 13: the embedded default's PPO does not learn measurably yet "
+                                                "(2026-12-02: reward 0.156 -> 0.094, eval SFT 17.5 % -> PPO 14.0 %)")
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +35,16 @@ def default_run(tmp_path_factory):
     return {"run": workdir / "runs" / default_config()["run_name"], "seconds": time.monotonic() - start}
 
 
+@NOT_YET
 def test_ppo_reward_rises(default_run):
     rewards = [s["critic/score/mean"] for s in json.loads((default_run["run"] / "ppo" / "result.json").read_text())["metrics"]]
     first, last = quarter_means(rewards)
     assert last >= first + REWARD_GAIN_MIN, f"PPO reward did not rise: first quarter {first:.3f}, last {last:.3f}, per step {rewards}"
 
 
+@NOT_YET
 def test_ppo_model_beats_sft_model(default_run):
     models = json.loads((default_run["run"] / "evaluate" / "eval.json").read_text())["models"]
     assert models["ppo"]["n"] >= 200
     gain = models["ppo"]["accuracy"] - models["sft"]["accuracy"]
-    assert gain > ACCURACY_GAIN_MIN, f"PPO {models['ppo']['accuracy']:.1%} vs SFT {models['sft']['accuracy']:.1%} on {models['ppo']['n']} problems"
+    assert gain >= ACCURACY_GAIN_MIN, f"PPO {models['ppo']['accuracy']:.1%} vs SFT {models['sft']['accuracy']:.1%} on {models['ppo']['n']} problems"
