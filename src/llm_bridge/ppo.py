@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         # Ray starts idle workers ahead of need; on a few cores they slow start-up and hold ~50 MB each for nothing
         ray_env.update(RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0")
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)),
-                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"])
+                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"],
+                           verl_modules=("llm_bridge.verl_fixes",))
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
     if "SLURM_JOB_ID" in os.environ or cluster["nnodes"] > 1:
         run_in_allocation(cmd, env, cluster, args.out_dir, params["stall_timeout_s"])
