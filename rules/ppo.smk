@@ -1,6 +1,6 @@
 rule ppo:
     input:
-        code=[f"{SRC}/ppo.py", f"{SRC}/launch.py"],
+        code=[f"{SRC}/ppo.py", f"{SRC}/launch.py", f"{SRC}/seeded_rollout.py"],
         sft_model=f"{RUN}/sft/model",
         train=rules.parquet.output.train,
         test=rules.parquet.output.test,
