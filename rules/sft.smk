@@ -10,7 +10,7 @@ rule sft:
         data=[rules.parquet.output.sft_train, rules.parquet.output.sft_test],
     params:
         cfg=as_json({"sft": stage_config("sft"), "cluster": cluster(), "seed": config["seed"],
-                     "stall_timeout_s": PRESET["stall_timeout_s"], "logging": config.get("logging", {}), **preset_env()}),
+                     "stall_timeout_s": PRESET["stall_timeout_s"], "logging": verl_logging(), **preset_env()}),
     resources:
         **slurm_resources("sft"),
     log:
@@ -19,4 +19,4 @@ rule sft:
         # one node: the plugin's jobstep runs this; several nodes: one `python -m llm_bridge.sft` (one torchrun)
         # per node through srun, rendezvous on the allocation's first node
         srun_per_node("sft") + "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir {RUN}/parquet"
-        " --out-dir {RUN}/sft 2>&1 | tee {log}" + record("sft")
+        " --out-dir {RUN}/sft --log {log}" + record("sft")
