@@ -50,6 +50,9 @@ def describe(err: ValidationError, schema: dict, files: list[tuple[Path, dict]],
         full = ".".join(path + [missing])
         return f"{full} is missing (every config must set it; see config/config.yaml for its default)"
     full = ".".join(path) or "(top level)"
+    if err.validator == "pattern":
+        return (f"{full} in {origin(path, files, cli_config)} is {err.instance!r}, which does not match the allowed "
+                f"form {err.validator_value}" + description(schema, path))
     return (f"{full} in {origin(path, files, cli_config)} is {err.instance!r}, but it must be {allowed_values(err)}"
             + description(schema, path))
 
@@ -85,8 +88,6 @@ def allowed_values(err: ValidationError) -> str:
         return f"greater than {value}"
     if rule == "maximum":
         return f"at most {value}"
-    if rule == "pattern":
-        return f"text that matches {value} (it does not match)"
     return err.message
 
 

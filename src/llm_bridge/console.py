@@ -111,9 +111,13 @@ class StageProgress:
             print(f"[{self.stage}] " + " · ".join(p for p in parts if p), file=sys.__stdout__, flush=True)
 
     def close(self) -> None:
+        """The last state: the bar at its final step, or (no terminal) a last line if a step went unshown."""
+        self.read_new()
         if self.bar is not None:
             self.update()
             self.bar.stop()
+        elif self.step > self.shown_step:
+            self.update(force=True)
 
 
 class Tee:

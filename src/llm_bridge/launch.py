@@ -180,7 +180,8 @@ def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: floa
     killed on the way out so no Ray or vLLM process survives. On failure: the log's tail and one sentence."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     echo = console.console_mode() == "full"
-    print(f"[launch] {what}: {' '.join(cmd[:6])} ... (output and full command in {log_path})", flush=True)
+    modules = " ".join(f"-m {cmd[i + 1]}" for i, arg in enumerate(cmd[:-1]) if arg == "-m")
+    print(f"[launch] {what}: python {modules} ... (full command and output in {log_path})", flush=True)
     last = {"time": time.monotonic()}
     with log_path.open("a") as log:
         since = log.tell()
