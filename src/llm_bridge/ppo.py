@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         ray_env.update(RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0")
     metrics_path = metrics.new_log_path(work)
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics_path),
-                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"])
+                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"],
+                           verl_modules=("llm_bridge.verl_fixes",))
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
     ppo = params["ppo"]
     total = ppo.get("total_training_steps") or ppo["total_epochs"] * (launch.parquet_rows(args.data_dir / "train.parquet") // ppo["train_batch_size"])

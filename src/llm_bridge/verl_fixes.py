@@ -1,9 +1,11 @@
-"""Fixes to verl itself, on every device (CPU and GPU), loaded into the SFT trainer's ranks through verl's own
-plugin mechanism (VERL_USE_EXTERNAL_MODULES, set by `llm_bridge.sft` through `launch.child_env`). Each fix
-names the verl behaviour it corrects and the version it was checked against; drop it when verl fixes it.
+"""Fixes to verl itself, on every device (CPU and GPU), loaded into every process of the SFT and PPO trainers
+through verl's own plugin mechanism (VERL_USE_EXTERNAL_MODULES, set by `llm_bridge.sft` and `llm_bridge.ppo`
+through `launch.child_env`). Each fix names the verl behaviour it corrects and the version it was checked
+against; drop it when verl fixes it.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 VERL_VERSION_CHECKED = "0.9.1"
@@ -34,4 +36,32 @@ def _resume_at_epoch_boundary() -> None:
     checkpoint_handler.CheckpointHandler._load_dataloader_state = load_dataloader_state
 
 
+def _critic_attention_as_configured() -> None:
+    """verl's critic loader (verl.utils.model.load_valuehead_model) hard-codes attn_implementation=
+    "flash_attention_2", whatever `critic.model.override_config.attn_implementation` says. Without the flash_attn
+    package (the lent H200 machine, any cluster that did not build it, every CPU) the load fails and verl reports a
+    misleading "is not a value head model, please install trl". verl has already put the configured
+    implementation into the model config (HFModelConfig: AutoConfig.from_pretrained(attn_implementation=...)):
+    load with that one."""
+    import verl.utils.model as model_utils
+
+    original = model_utils.load_valuehead_model
+    if hasattr(original, "__wrapped__"):
+        return  # already patched in this process
+
+    @functools.wraps(original)
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        configured = getattr(model_config, "_attn_implementation", None)
+        if configured in (None, "flash_attention_2"):
+            return original(local_path, torch_dtype, model_config, trust_remote_code)
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(
+            local_path, torch_dtype=torch_dtype, config=model_config, attn_implementation=configured,
+            trust_remote_code=trust_remote_code)
+
+    model_utils.load_valuehead_model = load_valuehead_model
+
+
 _resume_at_epoch_boundary()
+_critic_attention_as_configured()

@@ -1,0 +1,157 @@
+"""PPO step time on one GPU, side by side in one run: the seed's settings against the tuned preset (and variants),
+same model, same data. Each row is the project's own `ppo` stage (python -m llm_bridge.ppo, the params JSON
+rules/ppo.smk would pass for preset h200x1), a few steps long. Prints a markdown table; docs/benchmarks.md
+records it.
+
+    PYTHONPATH=src python bench/bench_ppo_gpu.py --model-dir M --data-dir D --out OUT [--rows seed,tuned,...]
+
+Per row: the median over steps after the first (the first compiles kernels and captures CUDA graphs) of verl's
+per-phase timers (timing_s/*), tokens/s (perf/total_num_tokens / timing_s/step), and the MFU of the actor and
+critic updates, computed here, not taken from verl's perf/mfu/* (unreliable without flash-attn):
+  update FLOPs = tokens x (6 N + 12 L d s)   (forward + backward; PaLM's convention, as bench/bench_gpu.py)
+N: the parameters the update multiplies by (actor: all, the tied embedding counted once as the lm_head; critic:
+the decoder layers and a one-output head, no vocabulary projection), s: mean sequence length, 989 TFLOP/s the
+H100/H200 dense bf16 peak. Rows save no checkpoint (27 GB of actor + critic state each): the stage then ends
+with "no complete checkpoint", which is expected here; the metrics are read from verl's per-step jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts" / "gpu"))
+PEAK_FLOPS = 989e12
+PHASES = ("gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights", "step")
+# name -> (settings replacing the h200x1 preset's ppo section, extra overrides, env replacing the preset's)
+SEED = ({"overrides": []}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "0"})  # the seed's values: padded micro batches of 8,
+# SDPA, gradient checkpointing (verl's default), verl's per-token log-prob loop, vLLM at 40 % sleeping between steps
+ROWS = {
+    "seed": SEED,
+    "tuned": ({}, [], {}),
+    # vLLM keeps its weights and KV cache between steps (no sleep/wake); a smaller share leaves room for training
+    "tuned-awake": ({"gpu_memory_utilization": 0.2}, ["actor_rollout_ref.rollout.free_cache_engine=False"], {}),
+    "tuned-noliger": ({}, ["actor_rollout_ref.model.use_liger=False"], {}),
+    "tuned-8k-prefill": ({}, ["actor_rollout_ref.rollout.max_num_batched_tokens=8192"], {}),
+}
+
+
+def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int) -> str:
+    from prepare_run import params_for
+
+    settings, extra, env = ROWS[name]
+    preset = yaml.safe_load((REPO / "config" / "presets" / "h200x1.yaml").read_text())
+    preset["ppo"] = {**preset["ppo"], **settings, "total_training_steps": steps, "save_freq": -1, "test_freq": -1}
+    preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra
+    preset["env"] = {**preset.get("env", {}), **env}
+    return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
+
+
+def run_row(name: str, args, deadline: float) -> dict:
+    out = args.out / name
+    params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length)
+    cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
+           "--data-dir", str(args.data_dir), "--out-dir", str(out)]
+    budget = deadline - time.monotonic()
+    row = {"row": name, "overrides": json.loads(params)["ppo"]["overrides"], "env": json.loads(params).get("env", {})}
+    if budget < 120:
+        return {**row, "error": "skipped: out of time"}
+    start = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    with (args.out / f"{name}.log").open("w") as log:
+        try:
+            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+    from llm_bridge import metrics
+
+    steps = metrics.collect(out / "checkpoints")
+    row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps)
+    measured = steps[1:] or steps
+    if not measured:
+        return {**row, "error": f"exit {code}: no step logged (see {name}.log)"}
+    timing = {k[len("timing_s/"):]: statistics.median(s[k] for s in measured if k in s)
+              for k in sorted({k for s in measured for k in s if k.startswith("timing_s/")})}
+    tokens = statistics.median(s["perf/total_num_tokens"] for s in measured)
+    return {**row, "s_per_step": timing["step"], "tokens_per_s": tokens / timing["step"], "tokens_per_step": tokens,
+            "timing_s": timing, "measured_steps": [s["step"] for s in measured],
+            "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured)}
+
+
+def update_mfu(row: dict, shape: dict) -> dict:
+    """MFU of the actor and critic updates (see the module docstring)."""
+    from llm_bridge.fit import param_count
+
+    if "timing_s" not in row:
+        return {}
+    n_all, layer = param_count(shape)
+    n_critic = shape["num_hidden_layers"] * layer + shape["hidden_size"]
+    seqs = row["steps"][-1].get("response_length/mean", 0) + row["steps"][-1].get("prompt_length/mean", 0)
+    attn = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * seqs
+    out = {}
+    for phase, n in (("update_actor", n_all), ("update_critic", n_critic)):
+        if row["timing_s"].get(phase):
+            out[phase] = row["tokens_per_step"] * (6 * n + attn) / row["timing_s"][phase] / PEAK_FLOPS
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    seed = next((r for r in rows if r["row"] == "seed" and "s_per_step" in r), None)
+    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "vs seed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "s_per_step" not in r:
+            lines.append(f"| {r['row']} | {r.get('error', '-')} |" + " |" * (len(head) - 2))
+            continue
+        phases = [f"{r['timing_s'].get(p, float('nan')):.2f}" for p in PHASES[:-1]]
+        mfu = [f"{r['mfu'].get(p, 0):.1%}" for p in ("update_actor", "update_critic")]
+        vs = f"{seed['s_per_step'] / r['s_per_step']:.2f}x" if seed else "-"
+        lines.append(f"| {r['row']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | " + " | ".join(phases + mfu)
+                     + f" | {vs} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="HF folder the actor and critic start from")
+    parser.add_argument("--data-dir", type=Path, required=True, help="the parquet stage's folder (train.parquet)")
+    parser.add_argument("--gsm8k", type=Path, default=REPO / ".gpu" / "gsm8k")
+    parser.add_argument("--max-prompt-length", type=int, default=512)  # the seed's
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rows", default="seed,tuned")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--seed-steps", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=540, help="seconds for all rows; later rows are skipped")
+    args = parser.parse_args()
+    args.model_dir, args.data_dir = args.model_dir.resolve(), args.data_dir.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from llm_bridge.fit import SHAPE_KEYS
+
+    shape = {k: v for k, v in json.loads((args.model_dir / "config.json").read_text()).items() if k in SHAPE_KEYS}
+    deadline, rows = time.monotonic() + args.deadline, []
+    for name in args.rows.split(","):
+        row = run_row(name, args, deadline)
+        row["mfu"] = update_mfu(row, shape)
+        rows.append(row)
+        shown = {k: v for k, v in row.items() if k not in ("overrides", "env", "steps")}
+        print(f"[bench] {json.dumps(shown)}", flush=True)
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    import torch
+
+    versions = f"torch {torch.__version__}, GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}"
+    text = table(rows)
+    (args.out / "table.md").write_text(f"{time.strftime('%Y-%m-%d')}, {versions}\n\n{text}\n")
+    print(f"\n{versions}\n{text}")
+
+
+if __name__ == "__main__":
+    main()
