@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-model", required=True, type=Path)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument("--log", required=True, type=Path, help="the stage's log: verl's, Ray's and vLLM's whole output")
+    parser.add_argument("--log", type=Path, help="the stage log, verl's, Ray's and vLLM's whole output (default <out-dir>/train.log)")
     args = parser.parse_args(argv)
+    args.log = args.log or args.out_dir / "train.log"
     params = json.loads(args.params)
     console.tee_stdout(args.log)
     cluster = params["cluster"]

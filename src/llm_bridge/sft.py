@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-model", required=True, type=Path)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument("--log", required=True, type=Path, help="the stage's log: verl's whole output (node k > 0: <log>-node<k>)")
+    parser.add_argument("--log", type=Path, help="the stage log, verl's whole output (default <out-dir>/train.log; node k > 0: <log>-node<k>)")
     args = parser.parse_args(argv)
+    args.log = args.log or args.out_dir / "train.log"
     params = json.loads(args.params)
     cluster = dict(params["cluster"], **launch.rendezvous())
     node_rank = cluster.get("node_rank", 0)
