@@ -140,7 +140,8 @@ def render(workdir: Path, name: str, configfiles: list[Path]) -> str:
     run = workdir / "runs" / name
     config = " + ".join(["config/config.yaml", *map(str, configfiles)])
     lines = [f"runs/{name} (against {config} and the code as it is now)", ""]
-    lines += [f"  {rule:<13} {state:<32} {wall:>7}  {detail}".rstrip() for rule, state, wall, detail in rows]
+    width = max((len(state) for _, state, _, _ in rows), default=0)
+    lines += [f"  {rule:<13} {state:<{width}} {wall:>6}  {detail}".rstrip() for rule, state, wall, detail in rows]
     table = eval_table(run)
     lines += ["", table] if table else []
     lines += ["", receipt_line(run)]
@@ -154,9 +155,9 @@ def print_end_of_run(run_dir: str, seconds: float, ok: bool) -> None:
     """The last lines of a `snakemake` run (its onsuccess/onerror handlers): eval table, paths, total time."""
     run = Path(run_dir)
     if not ok:
-        print(f"llm-bridge: the run stopped with an error after {duration(seconds)}: the failed stage's last log lines "
-              f"are above, its full log in {run}/logs/. `llm-bridge status {run}` shows where each stage stands; "
-              "the same command again resumes.", flush=True)
+        print(f"llm-bridge: the run stopped after {duration(seconds)}; the error is above, the stages' full logs are in "
+              f"{run}/logs/. Fix it and run the same command again: finished stages are kept, training resumes from its "
+              f"last checkpoint (`llm-bridge status {run}` shows where each stage stands).", flush=True)
         return
     table = eval_table(run)
     lines = ["", table] if table else []
