@@ -13,7 +13,7 @@ rule merged_model:
     log:
         f"{RUN}/logs/merged_model.log",
     shell:
-        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} 2>&1 | tee {log}" + record("merged_model")
+        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} --log {log}" + record("merged_model")
 
 
 rule sft_model:
@@ -30,4 +30,4 @@ rule sft_model:
     log:
         f"{RUN}/logs/sft_model.log",
     shell:
-        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} 2>&1 | tee {log}" + record("sft_model")
+        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} --log {log}" + record("sft_model")

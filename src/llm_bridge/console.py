@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llm_bridge.metrics import KL_METRICS
 
-PLAIN_EVERY_S = 10.0  # without a terminal: a progress line at most this often...
+PLAIN_EVERY_S = 10.0  # without a terminal: a progress line at most this often (a tenth of the steps done)...
 QUIET_EVERY_S = 30.0  # ...and at least this often while no step finishes (verl starting, a long step)
 
 
@@ -104,8 +104,10 @@ class StageProgress:
             return
         now = time.monotonic()
         since = now - self.last_plain
-        # a line when there is news (at most every 10 s), and every 30 s that it is still alive without news
-        if force or (since >= PLAIN_EVERY_S and self.step > self.shown_step) or since >= QUIET_EVERY_S:
+        # a line for news (another tenth of the steps done) at most every 10 s, and every 30 s without news: a
+        # long stage stays visibly alive and still prints a few dozen lines at most
+        news = self.step * 10 // max(self.total, 1) > self.shown_step * 10 // max(self.total, 1)
+        if force or (since >= PLAIN_EVERY_S and news) or since >= QUIET_EVERY_S:
             self.last_plain, self.shown_step = now, self.step
             parts = [f"step {self.step}/{self.total}", info, eta, f"{duration(now - self.start)} elapsed"]
             print(f"[{self.stage}] " + " · ".join(p for p in parts if p), file=sys.__stdout__, flush=True)
@@ -141,7 +143,10 @@ def tee_stdout(log_path: Path) -> None:
     sys.stdout = Tee(log_path)
 
 
-ERROR_LINE = re.compile(r"(Error|Exception|error:|FAILED|Killed|out of memory)", re.IGNORECASE)
+# The error in one line: the last exception line of a traceback ("RuntimeError: ..."), else a line that says error
+EXCEPTION_LINE = re.compile(r"^([\w.]+(Error|Exception|Interrupt)(\([\w.]+\))?|Killed)\b")
+ERROR_LINE = re.compile(r"\b(error|failed|out of memory)\b", re.IGNORECASE)
+PREFIX = re.compile(r"\x1b\[[0-9;]*m|^\s*\([\w:. ]+pid=\d+[^)]*\)\s*")  # colours, Ray's "(Worker pid=N)" prefix
 TAIL_LINES = 30
 
 
@@ -149,10 +154,11 @@ def failure(log_path: Path, since: int, what: str, reason: str) -> str:
     """Print the last 30 lines the failed child wrote to `log_path` (from byte `since`: this attempt only) and
     return the error in one sentence: its last line that looks like an error, else its last line."""
     with log_path.open("rb") as fh:
-        fh.seek(since)
+        fh.seek(max(since, log_path.stat().st_size - 2**20))  # the last MiB: a long run's log can be huge
         lines = [line for line in fh.read().decode(errors="replace").splitlines() if line.strip()]
     tail = lines[-TAIL_LINES:]
-    errors = [line.strip() for line in tail if ERROR_LINE.search(line)]
     print(f"---- {what}: the last {len(tail)} lines of {log_path} ----", *tail, "----", sep="\n", file=sys.__stdout__, flush=True)
-    last = (errors or [line.strip() for line in tail] or ["(no output)"])[-1]
-    return f"{what} {reason}: {last[-300:]!r}. Full log: {log_path}"
+    plain = [PREFIX.sub("", line).strip() for line in lines]
+    error = ([line for line in plain if EXCEPTION_LINE.match(line)] or [line for line in plain[-TAIL_LINES:] if ERROR_LINE.search(line)]
+             or plain[-1:] or ["(no output)"])[-1]
+    return f"{what} {reason}: {error[-300:]!r}. Full log: {log_path}"
