@@ -15,15 +15,18 @@ from llm_bridge.fit import stage_settings
 from llm_bridge.errors import InputError
 
 try:  # one sentence per problem: the key's path, the file that set it, what is allowed (not jsonschema's dump)
-    config_errors.validate(config, Path(workflow.basedir) / "config" / "schema.yaml",
-                           [Path(workflow.basedir) / "config" / "config.yaml", *map(Path, workflow.overwrite_configfiles)],
-                           workflow.config_settings.config)
+    config_errors.validate(
+        config,
+        Path(workflow.basedir) / "config" / "schema.yaml",
+        [Path(workflow.basedir) / "config" / "config.yaml", *map(Path, workflow.overwrite_configfiles)],
+        workflow.config_settings.config,
+    )
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
 
 # Rules call `python -m llm_bridge.<stage>`: make that the interpreter Snakemake itself runs in (the project's
 # environment), also when it was started as .venv/bin/snakemake without activating the environment.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 
 def load_preset(name):
@@ -66,6 +69,13 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+def stage_manifest(rule):
+    """The provenance manifest every stage writes last (llm_bridge.provenance record), shown in the report."""
+    return report(
+        f"{RUN}/manifests/{rule}.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"
+    )
+
+
 def stage_config(stage):
     """The config section of a stage with the preset's hardware-specific values on top (overrides joined)."""
     return stage_settings(config, PRESET, stage)
@@ -80,7 +90,8 @@ def cluster():
     return {k: PRESET[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")}
 
 
-SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos"}  # preset key -> plugin resource
+# preset key -> the SLURM executor plugin's resource
+SLURM_NAMES = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos"}
 MULTI_NODE_RULES = ("sft", "ppo")  # rules whose job spans the preset's nnodes nodes
 # sft and ppo resume from verl's latest checkpoint: SLURM may requeue them (preemption, node failure), and the
 # restarted job appends to its log instead of truncating it
@@ -101,8 +112,10 @@ def slurm_resources(rule_name):
     if rule_name in MULTI_NODE_RULES:
         nodes = PRESET["nnodes"]
         if res.get("nodes", nodes) != nodes:
-            raise WorkflowError(f"preset {PRESET['name']}: slurm.{rule_name}.nodes={res['nodes']} but nnodes={nodes}; "
-                                "drop slurm.*.nodes (it follows nnodes)")
+            raise WorkflowError(
+                f"preset {PRESET['name']}: slurm.{rule_name}.nodes={res['nodes']} but nnodes={nodes}; "
+                "drop slurm.*.nodes (it follows nnodes)"
+            )
         if nodes > 1:
             res.update(nodes=nodes, tasks=nodes, mpi="srun")
         res["slurm_extra"] = " ".join(x for x in (res.get("slurm_extra"), REQUEUE) if x)
@@ -117,14 +130,16 @@ def slurm_resources(rule_name):
 
 
 def srun_per_node(rule_name):
-    """Shell prefix of a rule that spans nodes: one task per node of the job's allocation (its tasks see
+    """Shell prefix for the rules that span nodes, one task per node of the job's allocation (its tasks see
     SLURM_NODEID etc.; the rule's own shell, run by the plugin's jobstep, does not). Empty on one node."""
     nodes = PRESET["nnodes"]
     if nodes == 1:
         return ""
     cpus = slurm_resources(rule_name).get("cpus_per_task")
-    return (f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1{f' --cpus-per-task={cpus}' if cpus else ''}"
-            " --kill-on-bad-exit=1 --label ")
+    return (
+        f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1{f' --cpus-per-task={cpus}' if cpus else ''}"
+        " --kill-on-bad-exit=1 --label "
+    )
 
 
 def _preset_default_resources():
@@ -137,8 +152,10 @@ def _preset_default_resources():
     try:
         workflow.resource_settings._parsed_default_resources.update(Resources.from_mapping(slurm_resources("default")))
     except AttributeError:
-        print("llm-bridge: warning: could not apply the preset's default SLURM resources to every rule "
-              "(snakemake internals changed); only sft, ppo, merged_model and evaluate get them")
+        print(
+            "llm-bridge: warning: could not apply the preset's default SLURM resources to every rule "
+            "(snakemake internals changed); only sft, ppo, merged_model and evaluate get them"
+        )
 
 
 _preset_default_resources()
@@ -150,26 +167,34 @@ def _check_before_submission():
     that spans nodes is refused outside SLURM."""
     plugin = getattr(workflow, "executor_plugin", None)
     name = getattr(plugin, "name", "")
-    jobs = [(job.rule.name, dict(job.resources.items())) for job in workflow.dag.needrun_jobs()
-            if not (job.is_local or job.is_norun)]  # `all` and other local jobs are never submitted
+    # `all` and other local jobs are never submitted
+    jobs = [
+        (job.rule.name, dict(job.resources.items()))
+        for job in workflow.dag.needrun_jobs()
+        if not (job.is_local or job.is_norun)
+    ]
     spans = [r for r, _ in jobs if r in MULTI_NODE_RULES]
     if name != "slurm":
         if PRESET["nnodes"] > 1 and spans and "SLURM_JOB_ID" not in os.environ:
-            raise WorkflowError(f"preset {PRESET['name']} spans {PRESET['nnodes']} nodes ({', '.join(sorted(set(spans)))}): "
-                                "run it on a SLURM cluster with `snakemake --profile slurm ...`")
+            raise WorkflowError(
+                f"preset {PRESET['name']} spans {PRESET['nnodes']} nodes ({', '.join(sorted(set(spans)))}): "
+                "run it on a SLURM cluster with `snakemake --profile slurm ...`"
+            )
         return
     from llm_bridge import slurm_check
 
     if not slurm_check.available():
         raise WorkflowError("the SLURM executor is selected, but sinfo/scontrol are not on PATH")
-    fix = (f"in config/presets/{PRESET['name']}.yaml (or for one run: --set-resources <rule>:<resource>=<value>)")
+    fix = f"in config/presets/{PRESET['name']}.yaml (or for one run: --set-resources <rule>:<resource>=<value>)"
     try:
         problems = slurm_check.check_jobs(jobs, fix)
     except RuntimeError as exc:  # scontrol/sinfo do not answer
         raise WorkflowError(f"cannot check the jobs against the SLURM cluster, nothing was submitted: {exc}") from None
     if problems:
-        raise WorkflowError("the SLURM cluster cannot run this workflow as configured; nothing was submitted:\n  "
-                            + "\n  ".join(problems))
+        raise WorkflowError(
+            "the SLURM cluster cannot run this workflow as configured; nothing was submitted:\n  "
+            + "\n  ".join(problems)
+        )
     print(f"llm-bridge: {len(jobs)} job(s) checked against the SLURM cluster (partitions, GPUs, accounts): OK")
 
 
@@ -180,11 +205,7 @@ onstart:
 def upload_repo_id():
     repo = config["upload"].get("repo_id")
     if not repo:
-        raise WorkflowError("upload.repo_id is not set: give the Hub repository, e.g. upload: {repo_id: my-team/llama-gsm8k}")
+        raise WorkflowError(
+            "upload.repo_id is not set: give the Hub repository, e.g. upload: {repo_id: my-team/llama-gsm8k}"
+        )
     return repo
-
-
-def record(rule):
-    """Shell suffix that writes the stage's provenance manifest once its outputs are complete."""
-    return (f" && python -m llm_bridge.provenance record --rule {rule} --params {{params.cfg:q}} --inputs {{input}}"
-            f" --outputs {{output}} --out {RUN}/manifests/{rule}.json")

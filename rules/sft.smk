@@ -1,22 +1,36 @@
 rule sft:
+    input:
+        code=[f"{SRC}/sft.py", f"{SRC}/launch.py"],
+        base_model=rules.base_model.output.model,
+        train=rules.parquet.output.sft_train,
+        test=rules.parquet.output.sft_test,
     output:
         # verl's checkpoints live in sft/checkpoints (kept across a kill, so a rerun resumes);
         # result.json, written last, names the finished checkpoint and holds the loss curve.
         result=f"{RUN}/sft/result.json",
-        manifest=report(f"{RUN}/manifests/sft.json", category="4. Stage configs and provenance", caption="../report/manifest.rst"),
-    input:
-        code=[f"{SRC}/sft.py", f"{SRC}/launch.py"],
-        base_model=rules.base_model.output.model,
-        data=[rules.parquet.output.sft_train, rules.parquet.output.sft_test],
-    params:
-        cfg=as_json({"sft": stage_config("sft"), "cluster": cluster(), "seed": config["seed"],
-                     "stall_timeout_s": PRESET["stall_timeout_s"], "logging": verl_logging(), **preset_env()}),
-    resources:
-        **slurm_resources("sft"),
+        manifest=stage_manifest("sft"),
     log:
         f"{RUN}/logs/sft.log",
+    resources:
+        **slurm_resources("sft"),
+    params:
+        cfg=as_json(
+            {
+                "sft": stage_config("sft"),
+                "cluster": cluster(),
+                "seed": config["seed"],
+                "stall_timeout_s": PRESET["stall_timeout_s"],
+                "logging": verl_logging(),
+                **preset_env(),
+            }
+        ),
+        data_dir=lambda w, input: os.path.dirname(input.train),
+        out_dir=lambda w, output: os.path.dirname(output.result),
+        srun=srun_per_node("sft"),
     shell:
         # one node: the plugin's jobstep runs this; several nodes: one `python -m llm_bridge.sft` (one torchrun)
         # per node through srun, rendezvous on the allocation's first node
-        srun_per_node("sft") + "python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model} --data-dir {RUN}/parquet"
-        " --out-dir {RUN}/sft --log {log}" + record("sft")
+        "{params.srun}python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model}"
+        " --data-dir {params.data_dir} --out-dir {params.out_dir} --log {log}"
+        " && python -m llm_bridge.provenance record --rule sft --params {params.cfg:q}"
+        " --inputs {input} --outputs {output} --out {output.manifest}"

@@ -34,7 +34,7 @@ DEPS=(
   pycountry==26.2.16 pydantic-extra-types==2.11.1 compressed-tensors==0.17.0 loguru==0.7.3 depyf==0.20.0
   astor==0.8.1 python-json-logger==4.2.0 pybase64==1.5.1 cbor2==6.3.0 ijson==3.6.0 setproctitle==1.3.8
   openai-harmony==0.0.8 anthropic==2.12.0 distro==1.9.0 jiter==0.19.0 docstring-parser==0.18.0
-  model-hosting-container-standards==0.1.16 mcp==2.3.0 mcp-types==2.3.0 httpx-sse pydantic-settings==2.16.3
+  model-hosting-container-standards==0.1.16 jmespath==1.1.0 supervisor==4.3.0 mcp==2.3.0 mcp-types==2.3.0 httpx-sse pydantic-settings==2.16.3
   python-dotenv==1.2.4 sse-starlette==3.7.0 pyjwt==2.15.1 email-validator==2.4.0 dnspython==2.9.2 gguf
   websockets==17.4 httptools==0.9.0 opentelemetry-exporter-otlp==1.45.2
   opentelemetry-exporter-otlp-proto-grpc==1.45.2 opentelemetry-exporter-prometheus==0.66b2

@@ -42,6 +42,11 @@ if [[ ! -f /tmp/site/.done && -d /tmp/payload ]]; then
     && cp -r /tmp/payload/x/vllm/. /tmp/site/ && tar -C /tmp/site -xJf /tmp/payload/x/wheels/ray-slim.tar.xz \
     && rm -rf /tmp/payload/x && touch /tmp/site/.done || { echo "payload install failed"; exit 1; }
   stamp install $t
+  # wheels found missing after the payload was built (new top-level packages only: no --upgrade, see above)
+  if compgen -G ".gpu/extra/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/extra/*.whl
+  fi
+  PYTHONPATH=/tmp/site:$PWD/src python3 -c "import verl.workers.rollout.vllm_rollout.vllm_async_server" 2>&1 | grep -E "Error|error" | tail -3
 elif [[ ! -f /tmp/site/.done ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && tar -C /tmp/site -xJf .whl/ray-slim.tar.xz && touch /tmp/site/.done || { echo "wheel install failed"; exit 1; }
@@ -93,7 +98,7 @@ EOF
       steps=${task#chain-ppo}; steps=${steps#=}; steps=${steps:-2}
       params=$(python3 scripts/gpu/prepare_run.py params --preset h200x1 --stage ppo --override "trainer.total_training_steps=$steps")
       t=$SECONDS
-      timeout "${PPO_TIMEOUT:-420}" python3 -m llm_bridge.ppo --params "$params" --sft-model "$WORK/sft/model" \
+      timeout "${PPO_TIMEOUT:-540}" python3 -m llm_bridge.ppo --params "$params" --sft-model "$WORK/sft/model" \
         --data-dir "$WORK/parquet" --out-dir "$WORK/ppo" > "$LOGS/ppo.log" 2>&1; echo "ppo exit $?" | tee -a "$OUT/info.txt"
       stamp ppo $t; cp "$WORK/ppo/result.json" "$OUT/ppo_result.json" 2>/dev/null
       t=$SECONDS
