@@ -53,8 +53,9 @@ LAST_TRAINED = "ppo" if PPO else "sft"
 
 # logging.console: compact (default: stage output only in runs/<name>/logs/, progress on the terminal) or full
 # (everything on the terminal too). An environment variable, not a param: switching it reruns nothing.
-os.environ["LLM_BRIDGE_CONSOLE"] = config.get("logging", {}).get("console", "compact")
-if os.environ["LLM_BRIDGE_CONSOLE"] == "compact":  # no download/load/save bars and advisory warnings of HF libraries
+CONSOLE = config.get("logging", {}).get("console", "compact")
+os.environ.update(LLM_BRIDGE_CONSOLE=CONSOLE)
+if CONSOLE == "compact":  # no download/load/save bars and advisory warnings of HF libraries
     os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
 START_TIME = time.time()
 
