@@ -122,6 +122,23 @@ def mfu(row: dict, shape: dict, nproc: int) -> float | None:
     return row["tokens"] / row["step_s"] * per_token / (PEAK_FLOPS * nproc)
 
 
+def model_shape(model_dir: Path) -> dict:
+    from llm_bridge.fit import SHAPE_KEYS
+
+    return {k: v for k, v in json.loads((model_dir / "config.json").read_text()).items() if k in SHAPE_KEYS}
+
+
+def run_rows(names: list[str], run_one, out: Path, hidden: tuple[str, ...] = ("overrides", "env")) -> list[dict]:
+    """Run the rows in order, printing each and keeping results.json current (a run cut short keeps its rows)."""
+    rows = []
+    for name in names:
+        rows.append(run_one(name))
+        shown = {k: v for k, v in rows[-1].items() if k not in hidden}
+        print(f"[bench] {json.dumps(shown)}", flush=True)
+        (out / "results.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def table(rows: list[dict], shape: dict, nproc: int) -> str:
     eager = next((r for r in rows if r["row"] == "ceiling-eager" and "tokens" in r), None)
     seed = next((r for r in rows if r["row"] == "seed" and "tokens" in r), None)
@@ -154,15 +171,9 @@ def main() -> None:
     args = parser.parse_args()
     args.model_dir, args.data_dir = args.model_dir.resolve(), args.data_dir.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    from llm_bridge.fit import SHAPE_KEYS
-
-    shape = {k: v for k, v in json.loads((args.model_dir / "config.json").read_text()).items() if k in SHAPE_KEYS}
-    deadline, rows = time.monotonic() + args.deadline, []
-    for name in args.rows.split(","):
-        rows.append(run_row(name, args, shape, deadline))
-        shown = {k: v for k, v in rows[-1].items() if k not in ("overrides", "env")}
-        print(f"[bench] {json.dumps(shown)}", flush=True)
-        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    shape = model_shape(args.model_dir)
+    deadline = time.monotonic() + args.deadline
+    rows = run_rows(args.rows.split(","), lambda name: run_row(name, args, shape, deadline), args.out)
     import torch
     import transformers
 

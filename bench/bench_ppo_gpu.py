@@ -30,7 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts" / "gpu"))
-PEAK_FLOPS = 989e12
+from bench_gpu import PEAK_FLOPS, model_shape, run_rows  # noqa: E402  (beside this file)
 PHASES = ("gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights", "step")
 # name -> (settings replacing the h200x1 preset's ppo section, extra overrides, env replacing the preset's)
 SEED = ({"overrides": []}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "0"})  # the seed's values: padded micro batches of 8,
@@ -134,17 +134,14 @@ def main() -> None:
     args = parser.parse_args()
     args.model_dir, args.data_dir = args.model_dir.resolve(), args.data_dir.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    from llm_bridge.fit import SHAPE_KEYS
+    shape = model_shape(args.model_dir)
+    deadline = time.monotonic() + args.deadline
 
-    shape = {k: v for k, v in json.loads((args.model_dir / "config.json").read_text()).items() if k in SHAPE_KEYS}
-    deadline, rows = time.monotonic() + args.deadline, []
-    for name in args.rows.split(","):
+    def run_one(name: str) -> dict:
         row = run_row(name, args, deadline)
-        row["mfu"] = update_mfu(row, shape)
-        rows.append(row)
-        shown = {k: v for k, v in row.items() if k not in ("overrides", "env", "steps")}
-        print(f"[bench] {json.dumps(shown)}", flush=True)
-        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        return {**row, "mfu": update_mfu(row, shape)}
+
+    rows = run_rows(args.rows.split(","), run_one, args.out, hidden=("overrides", "env", "steps"))
     import torch
 
     versions = f"torch {torch.__version__}, GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}"
