@@ -14,7 +14,7 @@ from pathlib import Path
 from llm_bridge.metrics import KL_METRICS
 
 PLAIN_EVERY_S = 10.0  # without a terminal: a progress line at most this often (a tenth of the steps done)...
-QUIET_EVERY_S = 30.0  # ...and at least this often while no step finishes (verl starting, a long step)
+QUIET_EVERY_S = 60.0  # ...and at least this often while no step finishes (verl starting, a long step)
 
 
 def console_mode() -> str:
@@ -104,7 +104,7 @@ class StageProgress:
             return
         now = time.monotonic()
         since = now - self.last_plain
-        # a line for news (another tenth of the steps done) at most every 10 s, and every 30 s without news: a
+        # a line for news (another tenth of the steps done) at most every 10 s, and every 60 s without news: a
         # long stage stays visibly alive and still prints a few dozen lines at most
         news = self.step * 10 // max(self.total, 1) > self.shown_step * 10 // max(self.total, 1)
         if force or (since >= PLAIN_EVERY_S and news) or since >= QUIET_EVERY_S:
