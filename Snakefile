@@ -34,3 +34,16 @@ rule all:
         rules.evaluate.output,
         rules.plots.output,
         rules.upload.output if config["upload"]["enabled"] else [],
+
+
+# The end of a run, in a few lines: the eval table, where the report and the model are, the total time.
+onsuccess:
+    from llm_bridge import status
+
+    status.print_end_of_run(RUN, time.time() - START_TIME, ok=True)
+
+
+onerror:
+    from llm_bridge import status
+
+    status.print_end_of_run(RUN, time.time() - START_TIME, ok=False)

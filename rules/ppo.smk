@@ -19,7 +19,7 @@ rule ppo:
                 "seed": config["seed"],
                 "max_prompt_length": config["data"]["max_prompt_length"],
                 "stall_timeout_s": PRESET["stall_timeout_s"],
-                "logging": config.get("logging", {}),
+                "logging": verl_logging(),
                 **preset_env(),
             }
         ),
@@ -27,6 +27,6 @@ rule ppo:
         out_dir=lambda w, output: os.path.dirname(output.result),
     shell:
         "python -m llm_bridge.ppo --params {params.cfg:q} --sft-model {input.sft_model} --data-dir {params.data_dir}"
-        " --out-dir {params.out_dir} 2>&1 | tee {log}"
+        " --out-dir {params.out_dir} --log {log}"
         " && python -m llm_bridge.provenance record --rule ppo --params {params.cfg:q}"
         " --inputs {input} --outputs {output} --out {output.manifest}"

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[evaluate] {name}: accuracy {results['models'][name]['accuracy']:.1%}", flush=True)
     atomic.write_text(args.out.with_suffix(".md"), markdown_table(results))
     atomic.write_json(args.out, results, sort_keys=False)  # keep the table's row order
-    print(markdown_table(results))
+    print(f"[evaluate] table: {args.out.with_suffix('.md')} (shown again at the end of the run)")
 
 
 if __name__ == "__main__":

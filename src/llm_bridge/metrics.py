@@ -6,6 +6,11 @@ import json
 import time
 from pathlib import Path
 
+# The KL shown (plots, live progress) is the first KL verl logged: to the reference policy (as a loss, or as a
+# reward penalty) when the config uses one, else between the rollout engine's and the trainer's policy (drift).
+KL_METRICS = [("actor/kl_loss", "KL to reference (actor loss term)"), ("critic/kl", "KL to reference (reward penalty)"),
+              ("rollout_corr/kl", "KL(rollout || trainer policy)"), ("actor/ppo_kl", "KL(actor || old policy)")]
+
 
 def new_log_path(work_dir: Path) -> Path:
     return work_dir / f"metrics-{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6}.jsonl"

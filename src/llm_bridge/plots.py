@@ -20,11 +20,8 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
 from llm_bridge import atomic  # noqa: E402
+from llm_bridge.metrics import KL_METRICS  # noqa: E402
 
-# The KL panel shows the first KL verl logged: to the reference policy (as a loss, or as a reward penalty) when
-# the config uses one, else between the rollout engine's and the trainer's policy (numerical drift).
-KL_METRICS = [("actor/kl_loss", "KL to reference (actor loss term)"), ("critic/kl", "KL to reference (reward penalty)"),
-              ("rollout_corr/kl", "KL(rollout || trainer policy)"), ("actor/ppo_kl", "KL(actor || old policy)")]
 PPO_PANELS = [
     ("critic/score/mean", "mean reward per step (GSM8K exact match)"),
     ("kl", None),
