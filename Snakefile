@@ -35,3 +35,16 @@ rule all:
     input:
         [target for run in RUNS for target in run_targets(run)],
         rules.compare.output if EXPERIMENT else [],
+
+
+# The end of a run, in a few lines: the eval table, where the report and the model are, the total time.
+onsuccess:
+    from llm_bridge import status
+
+    status.print_end_of_run(END_OF_RUN_DIR, time.time() - START_TIME, ok=True)
+
+
+onerror:
+    from llm_bridge import status
+
+    status.print_end_of_run(END_OF_RUN_DIR, time.time() - START_TIME, ok=False)

@@ -26,27 +26,32 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ["raw_data", "base_model", "parquet", "sft", "sft_model", "ppo", "merged_model", "evaluate", "plots"]
 
 
-def tree_pss(root: psutil.Process) -> int:
+def tree_pss(root: psutil.Process, cpu: dict[int, float] | None = None) -> int:
     """Proportional set size summed over the tree: shared pages (torch, CUDA libraries mapped by every Ray
-    worker) are counted once in total, not once per process as RSS would."""
+    worker) are counted once in total, not once per process as RSS would. Records each process's CPU seconds
+    so far in `cpu` (Ray's workers are not reaped by their parents, so /usr/bin/time would not count them)."""
     total = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
             total += proc.memory_full_info().pss
+            if cpu is not None:
+                times = proc.cpu_times()
+                cpu[proc.pid] = times.user + times.system
         except psutil.Error:
             pass
     return total
 
 
-def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
-    """Wall seconds, peak PSS of the process tree (sampled every 0.2 s), combined output."""
+def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str, float]:
+    """Wall seconds, peak PSS of the process tree (sampled every 0.2 s), combined output, CPU seconds (user +
+    system of every process of the tree, as last sampled: a process living under 0.2 s may be missed)."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, root = [0], psutil.Process(proc.pid)
+    peak, root, cpu = [0], psutil.Process(proc.pid), {}
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_pss(root))
+            peak[0] = max(peak[0], tree_pss(root, cpu))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -55,7 +60,7 @@ def run_measured(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
     sampler.join()
     if proc.returncode:
         sys.exit(f"benchmark run failed:\n{output[-3000:]}")
-    return time.monotonic() - start, peak[0], output
+    return time.monotonic() - start, peak[0], output, sum(cpu.values())
 
 
 def stage_seconds(workdir: Path) -> dict[str, float]:
@@ -85,7 +90,7 @@ def run_folder(description: str, prefix: str) -> Path:
 def main() -> None:
     workdir = run_folder(__doc__.splitlines()[0], "llm-bridge-bench-")
     snakemake = snakemake_cmd()
-    wall, peak, _ = run_measured(snakemake + ["all"], workdir)
+    wall, peak, _, cpu = run_measured(snakemake + ["all"], workdir)
     noop = [run_measured(snakemake + ["all", "--dry-run"], workdir)[0] for _ in range(3)]
     run = workdir / "runs" / "tiny"
     results = json.loads((run / "evaluate" / "eval.json").read_text())["models"]
@@ -98,6 +103,7 @@ def main() -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("end-to-end wall time (fresh run)", f"{wall:.0f} s")
+    table.add_row("CPU time, user + system, whole process tree", f"{cpu:.0f} s")
     table.add_row("peak memory, whole process tree (PSS)", f"{peak / 2**30:.2f} GiB")
     table.add_row("no-op rerun decision (snakemake -n, median of 3)", f"{statistics.median(noop):.2f} s")
     stages = stage_seconds(workdir)

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 
 import yaml
 from pathlib import Path
@@ -9,11 +10,20 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from llm_bridge import experiments
+from llm_bridge import config_errors
 from llm_bridge.checks import check_all
 from llm_bridge.fit import stage_settings
 from llm_bridge.errors import InputError
 
-validate(config, "../config/schema.yaml")
+try:  # one sentence per problem: the key's path, the file that set it, what is allowed (not jsonschema's dump)
+    config_errors.validate(
+        config,
+        Path(workflow.basedir) / "config" / "schema.yaml",
+        [Path(workflow.basedir) / "config" / "config.yaml", *map(Path, workflow.overwrite_configfiles)],
+        workflow.config_settings.config,
+    )
+except InputError as exc:
+    raise WorkflowError(str(exc)) from None
 
 # Rules call `python -m llm_bridge.<stage>`: make that the interpreter Snakemake itself runs in (the project's
 # environment), also when it was started as .venv/bin/snakemake without activating the environment.
@@ -64,6 +74,21 @@ LAST_TRAINED = "ppo" if PPO else "sft"
 
 wildcard_constraints:
     run="[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+# logging.console: compact (default: stage output only in runs/<name>/logs/, progress on the terminal) or full
+# (everything on the terminal too). An environment variable, not a param: switching it reruns nothing.
+CONSOLE = config.get("logging", {}).get("console", "compact")
+os.environ.update(LLM_BRIDGE_CONSOLE=CONSOLE)
+if CONSOLE == "compact":  # no download/load/save bars and advisory warnings of HF libraries
+    os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+START_TIME = time.time()
+END_OF_RUN_DIR = f"runs/{EXPERIMENT}" if EXPERIMENT else RUN  # what onsuccess/onerror point at (Snakefile)
+
+
+def verl_logging(run_config):
+    """The logging settings verl's stages get (their params): what is only about the terminal stays out."""
+    return {k: v for k, v in run_config.get("logging", {}).items() if k != "console"}
 
 
 def as_json(value):
@@ -232,7 +257,7 @@ STAGE_PARAMS = {
         "cluster": cluster(),
         "seed": c["seed"],
         "stall_timeout_s": PRESET["stall_timeout_s"],
-        "logging": c.get("logging", {}),
+        "logging": verl_logging(c),
         **preset_env(),
     },
     "sft_model": lambda c: {},
@@ -242,7 +267,7 @@ STAGE_PARAMS = {
         "seed": c["seed"],
         "max_prompt_length": c["data"]["max_prompt_length"],
         "stall_timeout_s": PRESET["stall_timeout_s"],
-        "logging": c.get("logging", {}),
+        "logging": verl_logging(c),
         **preset_env(),
     },
     "merged_model": lambda c: {},

@@ -13,7 +13,7 @@ rule merged_model:
     params:
         cfg=cfg("merged_model"),
     shell:
-        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} 2>&1 | tee {log}"
+        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} --log {log}"
         " && python -m llm_bridge.provenance record --rule merged_model --params {params.cfg:q}"
         " --inputs {input} --outputs {output} --out {output.manifest}"
 
@@ -32,6 +32,6 @@ rule sft_model:
     params:
         cfg=cfg("sft_model"),
     shell:
-        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} 2>&1 | tee {log}"
+        "python -m llm_bridge.merge --result {input.result} --out-dir {output.model} --log {log}"
         " && python -m llm_bridge.provenance record --rule sft_model --params {params.cfg:q}"
         " --inputs {input} --outputs {output} --out {output.manifest}"

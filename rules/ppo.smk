@@ -1,6 +1,6 @@
 rule ppo:
     input:
-        code=[f"{SRC}/ppo.py", f"{SRC}/launch.py"],
+        code=[f"{SRC}/ppo.py", f"{SRC}/launch.py", f"{SRC}/seeded_rollout.py"],
         sft_model=at("sft_model", "sft/model"),
         train=at("parquet", "parquet/train.parquet"),
         test=at("parquet", "parquet/test.parquet"),
@@ -20,6 +20,6 @@ rule ppo:
         out_dir=lambda w, output: os.path.dirname(output.result),
     shell:
         "python -m llm_bridge.ppo --params {params.cfg:q} --sft-model {input.sft_model} --data-dir {params.data_dir}"
-        " --out-dir {params.out_dir} 2>&1 | tee {log}"
+        " --out-dir {params.out_dir} --log {log}"
         " && python -m llm_bridge.provenance record --rule ppo --params {params.cfg:q}"
         " --inputs {input} --outputs {output} --out {output.manifest}"

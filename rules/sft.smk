@@ -25,6 +25,6 @@ rule sft:
         # one node: the plugin's jobstep runs this; several nodes: one `python -m llm_bridge.sft` (one torchrun)
         # per node through srun, rendezvous on the allocation's first node
         "{params.srun}python -m llm_bridge.sft --params {params.cfg:q} --base-model {input.base_model}"
-        " --data-dir {params.data_dir} --out-dir {params.out_dir} 2>&1 | tee {log}"
+        " --data-dir {params.data_dir} --out-dir {params.out_dir} --log {log}"
         " && python -m llm_bridge.provenance record --rule sft --params {params.cfg:q}"
         " --inputs {input} --outputs {output} --out {output.manifest}"

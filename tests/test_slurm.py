@@ -152,6 +152,18 @@ def test_every_job_went_through_sbatch(slurm_run):
     assert "checked against the SLURM cluster" in slurm_run["log"]
 
 
+def test_job_logs_hold_compact_progress_and_stage_logs_everything(slurm_run):
+    """Each training job's SLURM log holds the stage's own lines and its plain progress lines; verl's, Ray's and
+    vLLM's output is only in the stage's log file (runs/<run>/logs/<stage>.log)."""
+    run = slurm_run["workdir"] / "runs" / "e2e"
+    for rule, verl_line in (("sft", "Saved dataloader state"), ("ppo", "TaskRunnerV1")):
+        (jobid,) = slurm_run["jobs"][rule]
+        slurm_log = (slurm_run["workdir"] / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{jobid}.log").read_text()
+        stage_log = (run / "logs" / f"{rule}.log").read_text()
+        assert f"[{rule}] step " in slurm_log and f"[{rule}] done" in slurm_log, slurm_log[-3000:]
+        assert verl_line in stage_log and verl_line not in slurm_log
+
+
 def test_training_jobs_are_requeueable(slurm_run):
     """sft and ppo are submitted with --requeue --open-mode=append (the plugin's slurm_extra), nothing else is
     (the resources each job's SLURM log shows; the test cluster makes every job requeueable anyway: JobRequeue=1)."""
@@ -220,13 +232,14 @@ def test_sft_across_two_nodes(two_node_run):
     (jobid,) = jobs["sft"]
     rec = wait_for_record(jobid)
     assert rec["NodeCnt"] == "2" and rec["NodeList"] == "n[1-2]"
-    log = (run / "logs" / "sft.log").read_text()  # srun --label: each line starts with its node's task number
-    assert re.search(r"^0: \[sft\] node 0 of 2: starting", log, re.M), log[:3000]
-    assert re.search(r"^1: \[sft\] node 1 of 2: starting", log, re.M), log[:3000]
-    assert "is_host=1" in (run / "sft" / "train.log").read_text() and "is_host=0" in (run / "sft" / "train-node1.log").read_text()
+    # each node's whole output goes to its own log: node 0 to logs/sft.log, node k to logs/sft-node<k>.log
+    logs = [(run / "logs" / name).read_text() for name in ("sft.log", "sft-node1.log")]
+    for node, log in enumerate(logs):
+        assert f"[sft] node {node} of 2: starting" in log, log[:3000]
+        assert f"is_host={1 - node}" in log
     # world size 2: torch ranks 0 and 1 each saved their shard, one on each node (rank order is torch's choice)
-    saved = set(re.findall(r"^(\d): .*\[Rank (\d)\] Saved model to", log, re.M))
-    assert {node for node, _ in saved} == {"0", "1"} and {rank for _, rank in saved} == {"0", "1"}, saved
+    saved = [set(re.findall(r"\[Rank (\d)\] Saved model to", log)) for log in logs]
+    assert all(len(ranks) == 1 for ranks in saved) and set().union(*saved) == {"0", "1"}, saved
     result = json.loads((run / "sft" / "result.json").read_text())
     assert result["global_step"] == 20 and len(result["metrics"]) == 20
     steps = sorted(p.name for p in (run / "sft" / "checkpoints").glob("global_step_*"))
@@ -242,7 +255,7 @@ def test_ppo_ray_cluster_across_two_nodes_and_gone_after(two_node_run):
     assert rec["NodeCnt"] == "2" and rec["NodeList"] == "n[1-2]"
     log = (two_node_run["run"] / "logs" / "ppo.log").read_text()
     assert "[ray-cluster] all 2 nodes joined: n1, n2" in log, log[-3000:]
-    assert "+ray_kwargs.ray_init.address=" in (two_node_run["run"] / "ppo" / "train.log").read_text()
+    assert "+ray_kwargs.ray_init.address=" in log
     assert "Ray stopped on n1,n2" in log
     # one Ray "GPU" per node and verl's 2 workers: one worker process on each node
     assert len(set(re.findall(r"\(WorkerDict pid=(\d+)", log))) == 2

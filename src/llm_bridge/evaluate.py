@@ -24,6 +24,15 @@ def score(response: str, ground_truth: str) -> float:
     return float(compute_score(response, ground_truth, method="strict", format_score=0.0, score=1.0))
 
 
+def wilson_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % confidence interval of an accuracy from n problems (Wilson score: sound at 0 % and for small n)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre, half = p + z * z / (2 * n), z * ((p * (1 - p) + z * z / (4 * n)) / n) ** 0.5
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
 def evaluate_model(model_dir: Path, rows: list[dict], max_new_tokens: int, batch_size: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,12 +58,12 @@ def evaluate_model(model_dir: Path, rows: list[dict], max_new_tokens: int, batch
             if len(samples) < 3:
                 samples.append({"question": row["extra_info"]["question"], "response": response, "correct": bool(hit)})
         print(f"[evaluate] {model_dir.name}: {min(i + batch_size, len(rows))}/{len(rows)}", flush=True)
-    return {"accuracy": correct / len(rows), "n": len(rows), "model": str(model_dir), "seconds": round(time.monotonic() - start, 1), "samples": samples}
+    return {"accuracy": correct / len(rows), "n": len(rows), "ci95": [round(b, 4) for b in wilson_interval(correct, len(rows))], "model": str(model_dir), "seconds": round(time.monotonic() - start, 1), "samples": samples}
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| model | GSM8K accuracy (exact match) | n |", "|---|---|---|"]
-    lines += [f"| {name} | {r['accuracy']:.1%} | {r['n']} |" for name, r in results["models"].items()]
+    lines = ["| model | GSM8K accuracy (exact match) | 95 % interval | n |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['accuracy']:.1%} | {r['ci95'][0]:.1%} - {r['ci95'][1]:.1%} | {r['n']} |" for name, r in results["models"].items()]
     if results.get("note"):
         lines.append(f"\n{results['note']}")
     return "\n".join(lines) + "\n"
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[evaluate] {name}: accuracy {results['models'][name]['accuracy']:.1%}", flush=True)
     atomic.write_text(args.out.with_suffix(".md"), markdown_table(results))
     atomic.write_json(args.out, results, sort_keys=False)  # keep the table's row order
-    print(markdown_table(results))
+    print(f"[evaluate] table: {args.out.with_suffix('.md')} (shown again at the end of the run)")
 
 
 if __name__ == "__main__":

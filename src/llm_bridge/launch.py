@@ -12,7 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from llm_bridge.errors import InputError
+from llm_bridge import console
+from llm_bridge.errors import InputError, StageError
 
 
 def has_gpu() -> bool:
@@ -152,6 +153,13 @@ def write_result(stage: str, out_dir: Path, work_dir: Path, resume_step: int) ->
     return checkpoint, steps
 
 
+def parquet_rows(path: Path) -> int:
+    """Rows of a parquet file from its footer (for the step total a progress bar needs; nothing is loaded)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path:
     """The step verl recorded as complete (latest_checkpointed_iteration.txt); never a guessed global_step_N."""
     marker = ckpt_dir / "latest_checkpointed_iteration.txt"
@@ -164,14 +172,19 @@ def latest_checkpoint(ckpt_dir: Path) -> Path:
     return path
 
 
-def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: float, what: str) -> None:
-    """Run `cmd`, echoing its output to the terminal and `log_path`. If it prints nothing for `stall_timeout`
-    seconds it is stopped and the error says what it was last doing. SIGTERM (SLURM preemption) and Ctrl-C are
-    passed on, and the whole process group is killed on the way out so no Ray or vLLM process survives."""
+def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: float, what: str,
+        progress: "console.StageProgress | None" = None) -> None:
+    """Run `cmd` with its output going to `log_path` only (also to the terminal with logging.console: full) while
+    `progress` shows the steps. If it prints nothing for `stall_timeout` seconds it is stopped and the error says
+    what it was last doing. SIGTERM (SLURM preemption) and Ctrl-C are passed on, and the whole process group is
+    killed on the way out so no Ray or vLLM process survives. On failure: the log's tail and one sentence."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[launch] {what}: {' '.join(cmd[:6])} ... (full command in {log_path})", flush=True)
-    last = {"time": time.monotonic(), "line": ""}
+    echo = console.console_mode() == "full"
+    modules = " ".join(f"-m {cmd[i + 1]}" for i, arg in enumerate(cmd[:-1]) if arg == "-m")
+    print(f"[launch] {what}: python {modules} ... (full command and output in {log_path})", flush=True)
+    last = {"time": time.monotonic()}
     with log_path.open("a") as log:
+        since = log.tell()
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -179,9 +192,10 @@ def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: floa
 
         def pump() -> None:
             for line in proc.stdout:
-                sys.stdout.write(line)
+                if echo:
+                    sys.__stdout__.write(line)
                 log.write(line)
-                last["time"], last["line"] = time.monotonic(), line.strip() or last["line"]
+                last["time"] = time.monotonic()
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -197,17 +211,20 @@ def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: floa
                 if time.monotonic() - last["time"] > stall_timeout:
                     stalled = True
                     break
+                if progress is not None:
+                    progress.update()
                 time.sleep(1)
         finally:
             stop_group(proc)
             reader.join(timeout=10)
+            if progress is not None:
+                progress.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if stalled:
-        raise RuntimeError(f"{what} made no progress for {stall_timeout:.0f} s and was stopped. Last output: "
-                           f"{last['line'][-300:]!r}. Full log: {log_path}")
+        raise StageError(console.failure(log_path, since, what, f"made no progress for {stall_timeout:.0f} s and was stopped; last output"))
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}). Last output: {last['line'][-300:]!r}. Full log: {log_path}")
+        raise StageError(console.failure(log_path, since, what, f"failed (exit {proc.returncode})"))
 
 
 def die_with_parent() -> None:

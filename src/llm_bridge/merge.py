@@ -62,13 +62,18 @@ def portable_source(source: Path, scratch: Path) -> Path:
     return shadow
 
 
-def merge(checkpoint: Path, out_dir: Path) -> str:
+def merge(checkpoint: Path, out_dir: Path, log: Path | None = None) -> str:
+    """Merge `checkpoint` into the HF folder `out_dir`; verl's merger writes its output to `log` when given (the
+    terminal gets one line), else to the terminal."""
     with atomic.atomic_path(out_dir, is_dir=True) as tmp, tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".scratch.partial") as scratch:
         source = portable_source(actor_dir(checkpoint), Path(scratch))
         cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
                "--local_dir", str(source), "--target_dir", str(tmp)]
-        print(f"[merge] {' '.join(cmd[1:])}", flush=True)
-        subprocess.run(cmd, check=True, env=launch.child_env())
+        if log is None:
+            print(f"[merge] {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, check=True, env=launch.child_env())
+        else:  # an hour without output from the merger means it hangs
+            launch.run(cmd, launch.child_env(), log, 3600, "verl model_merger")
         sample = generation_check(tmp)
     return sample
 
@@ -77,9 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--result", required=True, type=Path, help="result.json of the sft or ppo stage")
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--log", type=Path, help="the stage log: this stage's lines and verl's merger output")
     args = parser.parse_args(argv)
+    if args.log:
+        from llm_bridge import console
+
+        console.tee_stdout(args.log)
     checkpoint = Path(json.loads(args.result.read_text())["checkpoint"])
-    sample = merge(checkpoint, args.out_dir)
+    sample = merge(checkpoint, args.out_dir, args.log)
     print(f"[merge] {checkpoint} -> {args.out_dir}; generation check: {sample!r}")
 
 

@@ -6,6 +6,11 @@ import json
 import time
 from pathlib import Path
 
+# The KL shown (plots, live progress) is the first KL verl logged: to the reference policy (as a loss, or as a
+# reward penalty) when the config uses one, else between the rollout engine's and the trainer's policy (drift).
+KL_METRICS = [("actor/kl_loss", "KL to reference (actor loss term)"), ("critic/kl", "KL to reference (reward penalty)"),
+              ("rollout_corr/kl", "KL(rollout || trainer policy)"), ("actor/ppo_kl", "KL(actor || old policy)")]
+
 
 def new_log_path(work_dir: Path) -> Path:
     return work_dir / f"metrics-{time.strftime('%Y%m%dT%H%M%S')}-{time.monotonic_ns() % 10**6}.jsonl"
@@ -24,3 +29,12 @@ def collect(work_dir: Path) -> list[dict]:
             if isinstance(step, int):
                 by_step.setdefault(step, {"step": step}).update(record.get("data", {}))
     return [by_step[s] for s in sorted(by_step)]
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last quarter of a per-step series (at least one step each): the learning
+    signal of a PPO run, less noisy than single steps."""
+    if not values:
+        raise ValueError("no steps logged")
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q

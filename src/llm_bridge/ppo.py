@@ -5,7 +5,8 @@ Checkpoints go to `<out>/checkpoints` in verl's layout (global_step_N/{actor,cri
 settings resumes from the latest complete one. `<out>/result.json` (the stage's output) names the checkpoint
 and holds per-step reward, KL, response length and timings.
 
-    python -m llm_bridge.ppo --params '<json>' --sft-model runs/tiny/sft/model --data-dir runs/tiny/parquet --out-dir runs/tiny/ppo
+    python -m llm_bridge.ppo --params '<json>' --sft-model runs/tiny/sft/model --data-dir runs/tiny/parquet --out-dir runs/tiny/ppo \
+        --log runs/tiny/logs/ppo.log
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_bridge import launch, metrics
+from llm_bridge import console, launch, metrics, seeded_rollout
 from llm_bridge.errors import InputError
 
 
@@ -23,7 +24,7 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
     """Hydra overrides for main_ppo; keys are verl's own names, values from config/presets."""
     micro = ppo["ppo_micro_batch_size_per_gpu"]
     args = [
-        "algorithm.adv_estimator=gae",
+        f"algorithm.adv_estimator={ppo.get('algorithm', 'gae')}",
         f"algorithm.kl_ctrl.kl_coef={ppo['kl_coef']}",
         f"data.train_files={data_dir / 'train.parquet'}",
         f"data.val_files={data_dir / 'test.parquet'}",
@@ -102,6 +103,10 @@ def cpu_overrides(cluster: dict, kv_cache_bytes: int) -> list[str]:
         "actor_rollout_ref.rollout.enforce_eager=True",
         "actor_rollout_ref.rollout.dtype=float32",
         f"+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes={kv_cache_bytes}",
+        # Seeded requests (llm_bridge.seeded_rollout) sample with their own torch.Generator, whose offset vLLM rewinds
+        # after a partial prefill chunk; a CPU generator has no offset ("CPU Generator does not use offset"), so
+        # whole prompts only (a large rollout batch otherwise gets split).
+        "actor_rollout_ref.rollout.enable_chunked_prefill=False",
         # A 2-core machine: one agent-loop worker, one reward worker and one TransferQueue storage unit instead
         # of 8 each (every one is a Python process importing torch: about a minute of start-up on 2 cores).
         "data.dataloader_num_workers=0",
@@ -111,7 +116,8 @@ def cpu_overrides(cluster: dict, kv_cache_bytes: int) -> list[str]:
     ]
 
 
-def run_in_allocation(cmd: list[str], env: dict[str, str], cluster: dict, out_dir: Path, stall_timeout: float) -> None:
+def run_in_allocation(cmd: list[str], env: dict[str, str], cluster: dict, out_dir: Path, log: Path, stall_timeout: float,
+                      progress: console.StageProgress) -> None:
     """Inside a SLURM job, main_ppo joins a Ray cluster of the job's own nodes (llm_bridge.ray_cluster: head here,
     workers on the other nodes through srun, ports from the job id) instead of starting a private Ray, and Ray is
     stopped on every exit path. The logical CPU/GPU counts that ray_init gets on one machine (cpu_overrides) go
@@ -131,8 +137,8 @@ def run_in_allocation(cmd: list[str], env: dict[str, str], cluster: dict, out_di
     gpus = cluster["gpus_per_node"]
     with ray_cluster.RayCluster(alloc, env, log_dir=out_dir / "ray", join_timeout=stall_timeout,
                                 srun_extra=[f"--gres=gpu:{gpus}"] if gpus else [], **logical) as ray:
-        launch.run(cmd + [f"+ray_kwargs.ray_init.address={ray.address}"], ray.env, out_dir / "train.log", stall_timeout,
-                   f"verl PPO on {alloc.nnodes} node(s)")
+        launch.run(cmd + [f"+ray_kwargs.ray_init.address={ray.address}"], ray.env, log, stall_timeout,
+                   f"verl PPO on {alloc.nnodes} node(s)", progress)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,12 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-model", required=True, type=Path)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--log", type=Path, help="the stage log, verl's, Ray's and vLLM's whole output (default <out-dir>/train.log)")
     args = parser.parse_args(argv)
+    args.log = args.log or args.out_dir / "train.log"
     params = json.loads(args.params)
+    console.tee_stdout(args.log)
     cluster = params["cluster"]
     work = args.out_dir / "checkpoints"
     overrides = verl_overrides(params["ppo"], args.sft_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster,
                                params["max_prompt_length"], params["seed"])
+    overrides += seeded_rollout.verl_overrides(args.out_dir, params["seed"])
     resume_step = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
     print(f"[ppo] {f'resuming from step {resume_step}' if resume_step else 'starting from step 0'}; checkpoints in {work}", flush=True)
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
@@ -156,14 +166,18 @@ def main(argv: list[str] | None = None) -> None:
     if cluster["gpus_per_node"] == 0:
         # Ray starts idle workers ahead of need; on a few cores they slow start-up and hold ~50 MB each for nothing
         ray_env.update(RAY_enable_worker_prestart="0", RAY_prestart_worker_first_driver="0")
-    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work)),
+    metrics_path = metrics.new_log_path(work)
+    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics_path),
                             "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"],
                            verl_modules=("llm_bridge.verl_fixes",))
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
+    ppo = params["ppo"]
+    total = ppo.get("total_training_steps") or ppo["total_epochs"] * (launch.parquet_rows(args.data_dir / "train.parquet") // ppo["train_batch_size"])
+    progress = console.StageProgress("ppo", metrics_path, total, resume_step)
     if "SLURM_JOB_ID" in os.environ or cluster["nnodes"] > 1:
-        run_in_allocation(cmd, env, cluster, args.out_dir, params["stall_timeout_s"])
+        run_in_allocation(cmd, env, cluster, args.out_dir, args.log, params["stall_timeout_s"], progress)
     else:
-        launch.run(cmd, env, args.out_dir / "train.log", params["stall_timeout_s"], "verl PPO")
+        launch.run(cmd, env, args.log, params["stall_timeout_s"], "verl PPO", progress)
     checkpoint, steps = launch.write_result("ppo", args.out_dir, work, resume_step)
     rewards = [s.get("critic/score/mean") for s in steps if "critic/score/mean" in s]
     print(f"[ppo] done: {checkpoint}; mean reward per step: {rewards}")

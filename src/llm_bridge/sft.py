@@ -4,7 +4,8 @@ Checkpoints go to `<out>/checkpoints` in verl's layout; an interrupted run with 
 from verl's latest complete checkpoint (`trainer.resume_mode=auto`). When training is done, `<out>/result.json`
 names the checkpoint and holds the per-step metrics: that file is the stage's output.
 
-    python -m llm_bridge.sft --params '<json>' --base-model runs/tiny/base_model --data-dir runs/tiny/parquet --out-dir runs/tiny/sft
+    python -m llm_bridge.sft --params '<json>' --base-model runs/tiny/base_model --data-dir runs/tiny/parquet --out-dir runs/tiny/sft \
+        --log runs/tiny/logs/sft.log
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_bridge import launch, metrics
+from llm_bridge import console, launch, metrics
 from llm_bridge.errors import InputError
 
 
@@ -85,10 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-model", required=True, type=Path)
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--log", type=Path, help="the stage log, verl's whole output (default <out-dir>/train.log; node k > 0: <log>-node<k>)")
     args = parser.parse_args(argv)
+    args.log = args.log or args.out_dir / "train.log"
     params = json.loads(args.params)
     cluster = dict(params["cluster"], **launch.rendezvous())
     node_rank = cluster.get("node_rank", 0)
+    log = args.log if node_rank == 0 else args.log.with_name(f"{args.log.stem}-node{node_rank}{args.log.suffix}")
+    console.tee_stdout(log)
     if cluster["nnodes"] > 1 and cluster.get("step_nnodes") != cluster["nnodes"]:
         raise InputError(f"this preset spans {cluster['nnodes']} nodes, but this runs on {cluster.get('step_nnodes', 1)}: start it "
                          f"once per node inside a SLURM allocation of {cluster['nnodes']} nodes, as the sft rule does with "
@@ -105,10 +110,13 @@ def main(argv: list[str] | None = None) -> None:
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd
     overrides += [logger, f"hydra.run.dir={(args.out_dir / 'hydra').resolve()}"]
-    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics.new_log_path(work))},
+    metrics_path = metrics.new_log_path(work)
+    env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics_path)},
                            cluster["procs_per_node"], verl_modules=("llm_bridge.verl_fixes",))
-    log = args.out_dir / ("train.log" if node_rank == 0 else f"train-node{node_rank}.log")
-    launch.run(torchrun_command(cluster, overrides), env, log, params["stall_timeout_s"], "verl SFT")
+    sft = params["sft"]
+    total = sft["total_epochs"] * (launch.parquet_rows(args.data_dir / "sft_train.parquet") // sft["train_batch_size"])
+    progress = console.StageProgress("sft", metrics_path, total, resume_step) if node_rank == 0 else None
+    launch.run(torchrun_command(cluster, overrides), env, log, params["stall_timeout_s"], "verl SFT", progress)
     if node_rank != 0:
         return  # the first node writes the result (verl's last save ends in a barrier: every rank is done)
     checkpoint, steps = launch.write_result("sft", args.out_dir, work, resume_step)
