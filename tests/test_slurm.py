@@ -336,7 +336,8 @@ def test_multi_node_preset_resources(tmp_path):
     """The SLURM resources the rules get (dry run, no cluster needed): nodes/tasks/mpi and requeue for sft and
     ppo of a 2-node preset, GPUs per node as --gres for several nodes, never one task per GPU."""
     configfile = write_config(tmp_path / "config.yaml", small_config(preset="cpu2node"))
-    out = run_slurm(tmp_path, configfile, "ppo", "--dry-run", "--printshellcmds", timeout=120).stdout
+    # `--quiet host` brings back the per-job blocks that the workflow profile's `quiet: [rules, host]` hides
+    out = run_slurm(tmp_path, configfile, "ppo", "--dry-run", "--printshellcmds", "--quiet", "host", timeout=120).stdout
     sft = re.search(r"rule sft:.*?resources: ([^\n]*)", out, re.S).group(1)
     assert "nodes=2, tasks=2, mpi=srun, slurm_extra=--requeue --open-mode=append" in sft
     assert "srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --cpus-per-task=1 --kill-on-bad-exit=1 --label python -m llm_bridge.sft" in out
@@ -347,7 +348,7 @@ def test_multi_node_preset_resources(tmp_path):
     if gpu_presets:
         config = small_config(preset=gpu_presets[0])
         configfile = write_config(tmp_path / "gpu.yaml", config)
-        proc = run_slurm(tmp_path, configfile, "ppo", "--dry-run", check=False, timeout=120)
+        proc = run_slurm(tmp_path, configfile, "ppo", "--dry-run", "--quiet", "host", check=False, timeout=120)
         if proc.returncode == 0:
             sft = re.search(r"rule sft:.*?resources: ([^\n]*)", proc.stdout, re.S).group(1)
             assert "mpi=srun" in sft and "tasks_per_gpu=0" in sft and re.search(r"gres=gpu:(\w+:)?\d+", sft)
