@@ -127,3 +127,18 @@ def test_failure_shows_the_last_30_lines_and_one_sentence(tmp_path, capfd):
     shown = capfd.readouterr().out
     assert "line 49" in shown and "line 21" not in shown and "line 22" in shown  # 30 lines: 22..49, the error, exiting
     assert str(err.value) == (f"verl SFT failed (exit 1): 'ValueError: batch of 3 does not split'. Full log: {tmp_path / 'sft.log'}")
+
+
+def test_planned_steps_follow_verl(tmp_path):
+    """The progress total is the step count verl will run: the last total_training_steps setting or override,
+    else epochs x full batches of the training file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"x": list(range(70))}), data)
+    assert launch.planned_steps({"total_epochs": 3, "train_batch_size": 32, "overrides": []}, data) == 6
+    assert launch.planned_steps({"total_epochs": 3, "train_batch_size": 32, "total_training_steps": 5}, data) == 5
+    overridden = {"total_epochs": 3, "train_batch_size": 32, "total_training_steps": 5,
+                  "overrides": ["trainer.total_training_steps=9", "trainer.total_training_steps=4"]}
+    assert launch.planned_steps(overridden, data) == 4

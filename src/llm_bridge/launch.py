@@ -153,11 +153,19 @@ def write_result(stage: str, out_dir: Path, work_dir: Path, resume_step: int) ->
     return checkpoint, steps
 
 
-def parquet_rows(path: Path) -> int:
-    """Rows of a parquet file from its footer (for the step total a progress bar needs; nothing is loaded)."""
+def planned_steps(settings: dict, train_parquet: Path) -> int:
+    """The steps verl will run (the total a progress bar shows): trainer.total_training_steps when a setting or an
+    override sets it (the last one wins, as in hydra), else epochs x full batches of the training file (its row
+    count read from the parquet footer; nothing is loaded)."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows
+    steps = settings.get("total_training_steps")
+    for override in settings.get("overrides", []):
+        if override.lstrip("+").startswith("trainer.total_training_steps="):
+            steps = int(override.split("=", 1)[1])
+    if steps:
+        return steps
+    return settings["total_epochs"] * (pq.ParquetFile(train_parquet).metadata.num_rows // settings["train_batch_size"])
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path:

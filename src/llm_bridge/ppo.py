@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                             "LLM_BRIDGE_VLLM_ROLLOUT": "1", **ray_env}, cluster["procs_per_node"],
                            verl_modules=("llm_bridge.verl_fixes",))
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
-    ppo = params["ppo"]
-    total = ppo.get("total_training_steps") or ppo["total_epochs"] * (launch.parquet_rows(args.data_dir / "train.parquet") // ppo["train_batch_size"])
+    total = launch.planned_steps(params["ppo"], args.data_dir / "train.parquet")
     progress = console.StageProgress("ppo", metrics_path, total, resume_step)
     if "SLURM_JOB_ID" in os.environ or cluster["nnodes"] > 1:
         run_in_allocation(cmd, env, cluster, args.out_dir, args.log, params["stall_timeout_s"], progress)

@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics_path = metrics.new_log_path(work)
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics_path)},
                            cluster["procs_per_node"], verl_modules=("llm_bridge.verl_fixes",))
-    sft = params["sft"]
-    total = sft["total_epochs"] * (launch.parquet_rows(args.data_dir / "sft_train.parquet") // sft["train_batch_size"])
+    total = launch.planned_steps(params["sft"], args.data_dir / "sft_train.parquet")
     progress = console.StageProgress("sft", metrics_path, total, resume_step) if node_rank == 0 else None
     launch.run(torchrun_command(cluster, overrides), env, log, params["stall_timeout_s"], "verl SFT", progress)
     if node_rank != 0:
