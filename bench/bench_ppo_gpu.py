@@ -62,7 +62,8 @@ def run_row(name: str, args, deadline: float) -> dict:
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
-    row = {"row": name, "overrides": json.loads(params)["ppo"]["overrides"], "env": json.loads(params).get("env", {})}
+    parsed = json.loads(params)
+    row = {"row": name, "overrides": parsed["ppo"]["overrides"], "env": parsed.get("env", {})}
     if budget < 120:
         return {**row, "error": "skipped: out of time"}
     start = time.monotonic()
