@@ -12,7 +12,12 @@ critic updates, computed here, not taken from verl's perf/mfu/* (unreliable with
 N: the parameters the update multiplies by (actor: all, the tied embedding counted once as the lm_head; critic:
 the decoder layers and a one-output head, no vocabulary projection), s: mean sequence length, 989 TFLOP/s the
 H100/H200 dense bf16 peak. Rows save no checkpoint (27 GB of actor + critic state each): the stage then ends
-with "no complete checkpoint", which is expected here; the metrics are read from verl's per-step jsonl.
+with "no complete checkpoint", which is expected here; the metrics are read from verl's per-step jsonl. The row
+named by --keep saves one at its last step (outside the median: that step is the slowest), so the chain's
+merged_model and evaluate stages can take it without a PPO start-up of their own.
+
+Each row also reports verl's rollout_corr/kl: the KL between the rollout's (vLLM's) and the actor's log-probs of the
+same tokens. Tuning must not move it: a kernel that computed different log-probs would show here first.
 """
 from __future__ import annotations
 
@@ -42,15 +47,19 @@ ROWS = {
     "tuned-awake": ({"gpu_memory_utilization": 0.2}, ["actor_rollout_ref.rollout.free_cache_engine=False"], {}),
     "tuned-noliger": ({}, ["actor_rollout_ref.model.use_liger=False"], {}),
     "tuned-8k-prefill": ({}, ["actor_rollout_ref.rollout.max_num_batched_tokens=8192"], {}),
+    # vLLM returns no per-token log-probs (1.6 s of 3.3 for vLLM alone: bench/results/rollout-h200-2026-12-02.json);
+    # verl's rollout_corr/* metrics (rollout vs actor KL) go with them
+    "tuned-no-rollout-logprobs": ({}, ["actor_rollout_ref.rollout.calculate_log_probs=False"], {}),
 }
 
 
-def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int) -> str:
+def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False) -> str:
     from prepare_run import params_for
 
     settings, extra, env = ROWS[name]
     preset = yaml.safe_load((REPO / "config" / "presets" / "h200x1.yaml").read_text())
-    preset["ppo"] = {**preset["ppo"], **settings, "total_training_steps": steps, "save_freq": -1, "test_freq": -1}
+    preset["ppo"] = {**preset["ppo"], **settings, "total_training_steps": steps, "save_freq": steps if keep else -1,
+                     "test_freq": -1}
     preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra
     preset["env"] = {**preset.get("env", {}), **env}
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
@@ -58,7 +67,8 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int) -> st
 
 def run_row(name: str, args, deadline: float) -> dict:
     out = args.out / name
-    params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length)
+    params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length,
+                        keep=name == args.keep)
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
@@ -85,7 +95,8 @@ def run_row(name: str, args, deadline: float) -> dict:
     tokens = statistics.median(s["perf/total_num_tokens"] for s in measured)
     return {**row, "s_per_step": timing["step"], "tokens_per_s": tokens / timing["step"], "tokens_per_step": tokens,
             "timing_s": timing, "measured_steps": [s["step"] for s in measured],
-            "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured)}
+            "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured),
+            "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured)}
 
 
 def update_mfu(row: dict, shape: dict) -> dict:
@@ -107,7 +118,7 @@ def update_mfu(row: dict, shape: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     seed = next((r for r in rows if r["row"] == "seed" and "s_per_step" in r), None)
-    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "vs seed"]
+    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "rollout/actor KL", "vs seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "s_per_step" not in r:
@@ -117,7 +128,7 @@ def table(rows: list[dict]) -> str:
         mfu = [f"{r['mfu'].get(p, 0):.1%}" for p in ("update_actor", "update_critic")]
         vs = f"{seed['s_per_step'] / r['s_per_step']:.2f}x" if seed else "-"
         lines.append(f"| {r['row']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | " + " | ".join(phases + mfu)
-                     + f" | {vs} |")
+                     + f" | {r.get('rollout_actor_kl', float('nan')):.3f} | {vs} |")
     return "\n".join(lines)
 
 
@@ -131,6 +142,7 @@ def main() -> None:
     parser.add_argument("--rows", default="seed,tuned")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--seed-steps", type=int, default=3)
+    parser.add_argument("--keep", default="", help="the row whose checkpoint is saved (for merged_model/evaluate)")
     parser.add_argument("--deadline", type=float, default=540, help="seconds for all rows; later rows are skipped")
     args = parser.parse_args()
     args.model_dir, args.data_dir = args.model_dir.resolve(), args.data_dir.resolve()

@@ -12,7 +12,13 @@
 #   chain-ppo[=STEPS]    then `ppo` -> `merged_model` -> `evaluate` (base / SFT / PPO rows)
 #   rollout-probe        which of verl's rollout backends can run here (PPO needs one)
 #   bench=ROWS           bench/bench_gpu.py (SFT) with those rows, in the time left
-#   bench-ppo=ROWS       bench/bench_ppo_gpu.py (PPO: seed vs tuned) with those rows, in the time left
+#   bench-ppo=ROWS       bench/bench_ppo_gpu.py (PPO: seed vs tuned) with those rows, in the time left;
+#                        KEEP=ROW saves that row's checkpoint for chain-post
+#   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
+#   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement)
+#   bg TASK...           run the tasks after it detached (setsid: they outlive this call, up to BG_LIMIT s), so
+#                        work longer than one call's 10 minutes goes on while later calls `wait`
+#   wait=SECONDS         wait for the detached tasks (at most SECONDS), then bring back their results so far
 # Logs and results go to $OUT (at most 8 files come back: logs are packed into tarballs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +30,29 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 left() { echo $(( LIMIT - SECONDS )); }
 
 stamp() { echo "[chain] $1: $(( SECONDS - $2 )) s" | tee -a "$OUT/info.txt"; }
+# Pack the text files (logs, metrics, settings) under /tmp/$2...: never a checkpoint, which can be 30 GB.
+pack() {
+  local tarball=$1; shift
+  (cd /tmp && find "$@" -type f -size -20M \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
+    -o -name '*.md' -o -name '*.yaml' \) 2>/dev/null | tar -czf "$tarball" -T -)
+}
 
+BG=/tmp/llm-bridge-bg
+if [[ "${1:-}" == bg ]]; then
+  shift; rm -rf "$BG"; mkdir -p "$BG"
+  OUT=$BG/out LIMIT=${BG_LIMIT:-1500} setsid nohup bash "$0" "$@" > "$BG/bg.log" 2>&1 < /dev/null &
+  echo "detached: $* (pid $!)"; exit 0
+fi
+if [[ "${1:-}" == wait=* ]]; then
+  t=$SECONDS; until [[ -f $BG/done ]] || (( SECONDS - t >= ${1#wait=} )); do sleep 5; done
+  [[ -f $BG/done ]] && echo "detached tasks finished" || echo "detached tasks still running"
+  tail -n 25 "$BG/out/info.txt" 2>/dev/null
+  cp "$BG"/out/*.json "$BG"/out/*.md "$BG/out/info.txt" "$OUT/" 2>/dev/null
+  cp /tmp/bench-ppo/results.json "$OUT/bench_results_so_far.json" 2>/dev/null
+  pack "$OUT/logs.tgz" llm-bridge-logs llm-bridge-bg $( [[ -d /tmp/bench-ppo ]] && echo bench-ppo )
+  exit 0
+fi
+trap '[[ $OUT == $BG/out ]] && touch $BG/done' EXIT
 if [[ "${1:-}" == receive ]]; then
   shift
   mkdir -p /tmp/payload && cp .gpu/payload/payload.sha256 .gpu/payload/payload.tar.xz.part-* /tmp/payload/
@@ -57,6 +85,21 @@ export PYTHONPATH=/tmp/site:$PWD/src
 "transformers", transformers.__version__, "verl", verl.__version__, "gpus", torch.cuda.device_count())'
   python3 -c 'import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ("flash_attn", "vllm", "sglang", "tensorrt_llm", "liger_kernel", "flashinfer")})'
 } 2>&1 | tee "$OUT/info.txt"
+
+post() {  # merged_model -> evaluate on the ppo stage output in $1, as rules/merge.smk and rules/evaluate.smk run them
+  local ppo=$1 t=$SECONDS
+  cp "$ppo/result.json" "$OUT/ppo_result.json" 2>/dev/null
+  python3 -m llm_bridge.merge --result "$ppo/result.json" --out-dir "$WORK/merged_model" > "$LOGS/merged_model.log" 2>&1
+  echo "merged_model exit $?" | tee -a "$OUT/info.txt"; stamp merged_model $t
+  rm -rf "$ppo/checkpoints"/global_step_*   # 27 GB: the benchmark rows need the disk
+  t=$SECONDS
+  python3 -m llm_bridge.evaluate --params '{"n_samples": 200, "max_new_tokens": 256, "batch_size": 100}' \
+    --test "$WORK/parquet/test.parquet" --model "base=$WORK/base_model" --model "sft=$WORK/sft/model" \
+    --model "ppo=$WORK/merged_model" --out "$WORK/evaluate/eval.json" > "$LOGS/evaluate.log" 2>&1
+  echo "evaluate exit $?" | tee -a "$OUT/info.txt"; stamp evaluate $t; cp "$WORK/evaluate/eval.json" "$OUT/" 2>/dev/null
+  grep -E "^\[|Error|error:|Traceback" "$LOGS/merged_model.log" "$LOGS/evaluate.log" | grep -v "^\[launch\]" \
+    | tail -30 | tee -a "$OUT/info.txt"
+}
 
 for task in "$@"; do
   echo "=== $task ($(left) s left)" | tee -a "$OUT/info.txt"
@@ -100,23 +143,19 @@ EOF
       t=$SECONDS
       timeout "${PPO_TIMEOUT:-540}" python3 -m llm_bridge.ppo --params "$params" --sft-model "$WORK/sft/model" \
         --data-dir "$WORK/parquet" --out-dir "$WORK/ppo" > "$LOGS/ppo.log" 2>&1; echo "ppo exit $?" | tee -a "$OUT/info.txt"
-      stamp ppo $t; cp "$WORK/ppo/result.json" "$OUT/ppo_result.json" 2>/dev/null
-      t=$SECONDS
-      python3 -m llm_bridge.merge --result "$WORK/ppo/result.json" --out-dir "$WORK/merged_model" > "$LOGS/merged_model.log" 2>&1
-      echo "merged_model exit $?" | tee -a "$OUT/info.txt"; stamp merged_model $t
-      rm -rf "$WORK/ppo/checkpoints"/global_step_*   # 27 GB: the benchmark rows need the disk
-      t=$SECONDS
-      python3 -m llm_bridge.evaluate --params '{"n_samples": 200, "max_new_tokens": 256, "batch_size": 100}' \
-        --test "$WORK/parquet/test.parquet" --model "base=$WORK/base_model" --model "sft=$WORK/sft/model" \
-        --model "ppo=$WORK/merged_model" --out "$WORK/evaluate/eval.json" > "$LOGS/evaluate.log" 2>&1
-      echo "evaluate exit $?" | tee -a "$OUT/info.txt"; stamp evaluate $t; cp "$WORK/evaluate/eval.json" "$OUT/" 2>/dev/null
-      grep -E "^\[|Error|error:|Traceback" "$LOGS/ppo.log" "$LOGS/merged_model.log" "$LOGS/evaluate.log" | grep -v "^\[launch\]" \
-        | tail -30 | tee -a "$OUT/info.txt" ;;
+      stamp ppo $t; post "$WORK/ppo" ;;
+    chain-post)
+      post "/tmp/bench-ppo/${KEEP:?KEEP names the benchmark row whose checkpoint to merge}" ;;
     bench-ppo=*)
       python3 bench/bench_ppo_gpu.py --model-dir "${PPO_MODEL:-$WORK/sft/model}" --data-dir "$WORK/parquet" --out /tmp/bench-ppo \
-        --rows "${task#bench-ppo=}" --deadline $(( $(left) - 25 )) 2>&1 | grep -E "^\[bench\]|^\||^torch" | tee -a "$OUT/info.txt"
+        --rows "${task#bench-ppo=}" --keep "${KEEP:-}" --deadline $(( $(left) - 25 )) 2>&1 \
+        | grep -E "^\[bench\]|^\||^torch" | tee -a "$OUT/info.txt"
       cp /tmp/bench-ppo/table.md /tmp/bench-ppo/results.json "$OUT/" 2>/dev/null
-      tar -C /tmp -czf "$OUT/bench-ppo-logs.tgz" bench-ppo --exclude='*/checkpoints/global_step_*' 2>/dev/null ;;
+      pack "$OUT/bench-ppo-logs.tgz" bench-ppo ;;
+    check-rollout)
+      python3 scripts/gpu/check_rollout.py --model "$WORK/sft/model" --prompts "$WORK/parquet/train.parquet" \
+        --out "$OUT/check_rollout.json" > "$LOGS/check_rollout.log" 2>&1; echo "check-rollout exit $?" | tee -a "$OUT/info.txt"
+      grep -E "^\[check\]|Error|error:" "$LOGS/check_rollout.log" | tail -8 | tee -a "$OUT/info.txt" ;;
     rollout-probe)
       python3 - <<'EOF' 2>&1 | grep -v Warning | tee -a "$OUT/info.txt"
 from verl.workers.rollout.replica import RolloutReplicaRegistry
@@ -136,5 +175,5 @@ EOF
     *) echo "unknown task $task" ;;
   esac
 done
-tar -C /tmp -czf "$OUT/logs.tgz" llm-bridge-logs $( [[ -d /tmp/bench ]] && echo bench ) 2>/dev/null
+pack "$OUT/logs.tgz" llm-bridge-logs $( [[ -d /tmp/bench ]] && echo bench )
 echo "done in $SECONDS s"
