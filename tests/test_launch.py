@@ -83,6 +83,39 @@ def test_cpu_rollout_is_installed_as_pinned():
     assert out == f"{pinned}+cpu"
 
 
+# FSDP2-shards a layer with the offload policy verl's engine gives the reference policy (a forward-only model)
+SHARD_AS_REFERENCE = """
+import os, sys, torch, torch.distributed as dist
+if sys.argv[1] == "patched":
+    os.environ["LLM_BRIDGE_VLLM_ROLLOUT"] = "1"
+    import llm_bridge.cpu_support
+from verl.workers.engine.fsdp import transformer_impl
+from torch.distributed.fsdp import fully_shard
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
+layer = torch.nn.Linear(4, 4)
+fully_shard(layer, offload_policy=transformer_impl.CPUOffloadPolicy(pin_memory=True))
+print("sharded", layer(torch.ones(1, 4)).shape)
+"""
+
+
+@pytest.mark.parametrize("variant", ["verl", "patched"])
+def test_reference_policy_shards_without_a_gpu(variant):
+    """A KL loss or KL reward makes verl build a reference policy; on CPU its pinned offload died with "Found no
+    NVIDIA driver on your system". The CPU support unpins it (cpu_support._patch_reference_offload)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    proc = subprocess.run([sys.executable, "-c", SHARD_AS_REFERENCE, variant, port], capture_output=True, text=True,
+                          timeout=120, env={**launch.child_env(), "VERL_PLATFORM": "cpu"})
+    if variant == "verl":
+        assert proc.returncode != 0 and "NVIDIA driver" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "sharded torch.Size([1, 4])" in proc.stdout
+
+
 # A child that writes verl-style output and per-step metrics (the jsonl verl's file logger writes) for ~12 s
 CHILD = """
 import json, sys, time

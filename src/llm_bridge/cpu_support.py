@@ -172,6 +172,31 @@ def _patch_vllm_cpu() -> None:
         ops._supports_onednn = False
 
 
+# --- 4. The reference policy without pinned memory ----------------------------------------------------------
+def _patch_reference_offload() -> None:
+    """verl's FSDP2 engine gives every forward-only model (the reference policy, built when a KL loss or KL reward
+    is on) `CPUOffloadPolicy(pin_memory=True)`; pinning needs a CUDA driver ("Found no NVIDIA driver on your
+    system"). Parameters already live in host memory here: the same policy, unpinned. Replaced where verl's engine
+    takes it from (torch, before that module is imported; the module itself if it already was)."""
+    import sys
+
+    import torch.distributed.fsdp as fsdp
+
+    if getattr(fsdp.CPUOffloadPolicy, "_llm_bridge_unpinned", False):
+        return
+
+    class UnpinnedCPUOffloadPolicy(fsdp.CPUOffloadPolicy):
+        _llm_bridge_unpinned = True
+
+        def __init__(self, pin_memory: bool = False):
+            super().__init__(pin_memory=False)
+
+    fsdp.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
+    engine = sys.modules.get("verl.workers.engine.fsdp.transformer_impl")
+    if engine is not None:
+        engine.CPUOffloadPolicy = UnpinnedCPUOffloadPolicy
+
+
 def install() -> None:
     if os.environ.get("VERL_PLATFORM", "").lower() != "cpu":
         return  # imported by accident on a GPU machine: leave verl untouched
@@ -184,6 +209,8 @@ def install() -> None:
     _register_platform()
     _patch_process_groups()
     _patch_vllm_cpu()
+    if os.environ.get("LLM_BRIDGE_VLLM_ROLLOUT") == "1":  # PPO only: SFT has no reference policy
+        _patch_reference_offload()
 
 
 install()
