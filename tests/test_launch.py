@@ -91,7 +91,7 @@ if sys.argv[1] == "patched":
     import llm_bridge.cpu_support
 from verl.workers.engine.fsdp import transformer_impl
 from torch.distributed.fsdp import fully_shard
-dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 layer = torch.nn.Linear(4, 4)
 fully_shard(layer, offload_policy=transformer_impl.CPUOffloadPolicy(pin_memory=True))
 print("sharded", layer(torch.ones(1, 4)).shape)
@@ -102,12 +102,7 @@ print("sharded", layer(torch.ones(1, 4)).shape)
 def test_reference_policy_shards_without_a_gpu(variant):
     """A KL loss or KL reward makes verl build a reference policy; on CPU its pinned offload died with "Found no
     NVIDIA driver on your system". The CPU support unpins it (cpu_support._patch_reference_offload)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    proc = subprocess.run([sys.executable, "-c", SHARD_AS_REFERENCE, variant, port], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SHARD_AS_REFERENCE, variant], capture_output=True, text=True,
                           timeout=120, env={**launch.child_env(), "VERL_PLATFORM": "cpu"})
     if variant == "verl":
         assert proc.returncode != 0 and "NVIDIA driver" in proc.stderr

@@ -30,7 +30,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 left() { echo $(( LIMIT - SECONDS )); }
 
 stamp() { echo "[chain] $1: $(( SECONDS - $2 )) s" | tee -a "$OUT/info.txt"; }
-# Pack the text files (logs, metrics, settings) under /tmp/$2...: never a checkpoint, which can be 30 GB.
+# Pack the text files (logs, metrics, settings) of the named folders under /tmp: never a checkpoint (30 GB).
 pack() {
   local tarball=$1; shift
   (cd /tmp && find "$@" -type f -size -20M \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
@@ -48,7 +48,7 @@ if [[ "${1:-}" == wait=* ]]; then
   [[ -f $BG/done ]] && echo "detached tasks finished" || echo "detached tasks still running"
   tail -n 25 "$BG/out/info.txt" 2>/dev/null
   cp "$BG"/out/*.json "$BG"/out/*.md "$BG/out/info.txt" "$OUT/" 2>/dev/null
-  cp /tmp/bench-ppo/results.json "$OUT/bench_results_so_far.json" 2>/dev/null
+  [[ -f $BG/done ]] || cp /tmp/bench-ppo/results.json "$OUT/bench_results_so_far.json" 2>/dev/null
   pack "$OUT/logs.tgz" llm-bridge-logs llm-bridge-bg $( [[ -d /tmp/bench-ppo ]] && echo bench-ppo )
   exit 0
 fi

@@ -182,12 +182,7 @@ def _patch_reference_offload() -> None:
 
     import torch.distributed.fsdp as fsdp
 
-    if getattr(fsdp.CPUOffloadPolicy, "_llm_bridge_unpinned", False):
-        return
-
     class UnpinnedCPUOffloadPolicy(fsdp.CPUOffloadPolicy):
-        _llm_bridge_unpinned = True
-
         def __init__(self, pin_memory: bool = False):
             super().__init__(pin_memory=False)
 
