@@ -58,7 +58,7 @@ def hf_logprobs(model_dir: Path, prompts, outs, n: int, vocab_used: int) -> dict
         diffs_full.append((vllm - full).mean().item())
         diffs_tok.append((vllm - tok).mean().item())
         beyond += int((target >= vocab_used).sum())
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     return {"sequences": len(diffs_full), "vllm_minus_hf_full_vocab": mean(diffs_full),
             "vllm_minus_hf_tokenizer_vocab": mean(diffs_tok), "sampled_ids_beyond_tokenizer": beyond}
 

@@ -180,7 +180,7 @@ def _patch_reference_offload() -> None:
     takes it from (torch, before that module is imported; the module itself if it already was)."""
     import sys
 
-    import torch.distributed.fsdp as fsdp
+    from torch.distributed import fsdp
 
     class UnpinnedCPUOffloadPolicy(fsdp.CPUOffloadPolicy):
         def __init__(self, pin_memory: bool = False):
