@@ -33,6 +33,9 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
         f"data.max_response_length={ppo['max_response_length']}",
         "data.truncation=error",
         f"data.seed={seed}",
+        # Prompts load in the trainer: a few hundred parquet rows a step need no worker processes, and verl's 8
+        # were SIGKILLed at Ray's shutdown after the last step, which failed 2 of 3 finished H200 runs (exit 2).
+        "data.dataloader_num_workers=0",
         f"actor_rollout_ref.model.path={sft_model}",
         f"actor_rollout_ref.actor.optim.lr={ppo['actor_lr']}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={ppo['ppo_mini_batch_size']}",
@@ -109,7 +112,6 @@ def cpu_overrides(cluster: dict, kv_cache_bytes: int) -> list[str]:
         "actor_rollout_ref.rollout.enable_chunked_prefill=False",
         # A 2-core machine: one agent-loop worker, one reward worker and one TransferQueue storage unit instead
         # of 8 each (every one is a Python process importing torch: about a minute of start-up on 2 cores).
-        "data.dataloader_num_workers=0",
         "actor_rollout_ref.rollout.agent.num_workers=1",
         "reward.num_workers=1",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",

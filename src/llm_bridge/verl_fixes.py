@@ -6,7 +6,10 @@ against; drop it when verl fixes it.
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 VERL_VERSION_CHECKED = "0.9.1"
 
@@ -63,5 +66,49 @@ def _critic_attention_as_configured() -> None:
     model_utils.load_valuehead_model = load_valuehead_model
 
 
+REPLAY_POLL_S = 0.1
+
+
+def _when_imported(name: str, patch) -> None:
+    """Run patch(module) once module `name` is imported (at once if it already is): the module is not imported
+    here, where most verl processes (SFT ranks, rollout and reward workers) never need it."""
+    if name in sys.modules:
+        patch(sys.modules[name])
+        return
+
+    class PatchOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):
+                exec_module(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_and_patch
+            return spec
+
+    sys.meta_path.insert(0, PatchOnImport())
+
+
+def _replay_buffer_polls_often(replay_buffer) -> None:
+    """verl 0.9.1's PPO trainer (the v1 TaskRunner) sends the rollout's prompts off and then polls its
+    ReplayBuffer for the finished batch every 2 s (a constructor default no config key reaches), so generation
+    always took a whole number of 2-s polls: 4.02 s a step on CPU, 4.08 or 6.09 s on the H200, where vLLM needs
+    about 3.3. Poll every REPLAY_POLL_S instead (a metadata scan of the TransferQueue controller: 10 a second cost
+    nothing measurable)."""
+    original = replay_buffer.ReplayBuffer.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, poll_interval: float = REPLAY_POLL_S, **kwargs):
+        original(self, *args, poll_interval=poll_interval, **kwargs)
+
+    replay_buffer.ReplayBuffer.__init__ = __init__
+
+
 _resume_at_epoch_boundary()
 _critic_attention_as_configured()
+_when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
