@@ -224,7 +224,6 @@ def test_ppo_trainer_polls_for_the_rollout_often():
     whole number of 2-s polls (4.02 s a step on CPU, 4.08 or 6.09 s on the H200). Through verl's plugin variable,
     as the trainer processes load it, llm_bridge.verl_fixes makes it poll every 0.1 s, without importing the
     replay buffer into processes that never use it."""
-    import os
     import subprocess
     import sys
 
@@ -236,8 +235,7 @@ import inspect
 print(inspect.signature(ReplayBuffer.__init__.__wrapped__).parameters["poll_interval"].default,
       ReplayBuffer("sync", {}, None, "drop", {}).poll_interval)
 """
-    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "llm_bridge.verl_fixes",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.ppo gives verl's processes
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     verl_default, patched = done.stdout.split()
