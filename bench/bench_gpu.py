@@ -128,9 +128,11 @@ def model_shape(model_dir: Path) -> dict:
     return {k: v for k, v in json.loads((model_dir / "config.json").read_text()).items() if k in SHAPE_KEYS}
 
 
-def run_rows(names: list[str], run_one, out: Path, hidden: tuple[str, ...] = ("overrides", "env")) -> list[dict]:
-    """Run the rows in order, printing each and keeping results.json current (a run cut short keeps its rows)."""
-    rows = []
+def run_rows(names: list[str], run_one, out: Path, hidden: tuple[str, ...] = ("overrides", "env"),
+             earlier: list[dict] | None = None) -> list[dict]:
+    """Run the rows in order, printing each and keeping results.json current (a run cut short keeps its rows).
+    `earlier`: rows of a previous run into the same folder, kept unless a row of the same name is run again."""
+    rows = [r for r in earlier or [] if r["row"] not in names]
     for name in names:
         rows.append(run_one(name))
         shown = {k: v for k, v in rows[-1].items() if k not in hidden}

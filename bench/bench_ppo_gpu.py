@@ -50,6 +50,11 @@ ROWS = {
     # vLLM returns no per-token log-probs (1.6 s of 3.3 for vLLM alone: bench/results/rollout-h200-2026-12-02.json);
     # verl's rollout_corr/* metrics (rollout vs actor KL) go with them
     "tuned-no-rollout-logprobs": ({}, ["actor_rollout_ref.rollout.calculate_log_probs=False"], {}),
+    # verl's bypass mode: the rollout's log-probs serve as the old policy's (they agree to 2e-4 nats a token), so
+    # the actor's old log-prob pass is skipped; actor/ppo_kl then measures rollout vs actor in the first mini batch
+    "tuned-bypass": ({}, ["algorithm.rollout_correction.bypass_mode=True"], {}),
+    "tuned-bypass-awake": ({"gpu_memory_utilization": 0.12}, ["algorithm.rollout_correction.bypass_mode=True",
+                                                               "actor_rollout_ref.rollout.free_cache_engine=False"], {}),
 }
 
 
@@ -96,7 +101,8 @@ def run_row(name: str, args, deadline: float) -> dict:
     return {**row, "s_per_step": timing["step"], "tokens_per_s": tokens / timing["step"], "tokens_per_step": tokens,
             "timing_s": timing, "measured_steps": [s["step"] for s in measured],
             "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured),
-            "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured)}
+            "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured),
+            "actor_ppo_kl": statistics.median(s.get("actor/ppo_kl", float("nan")) for s in measured)}
 
 
 def update_mfu(row: dict, shape: dict) -> dict:
@@ -118,7 +124,7 @@ def update_mfu(row: dict, shape: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     seed = next((r for r in rows if r["row"] == "seed" and "s_per_step" in r), None)
-    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "rollout/actor KL", "vs seed"]
+    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "rollout/actor KL", "actor ppo_kl", "vs seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "s_per_step" not in r:
@@ -128,7 +134,8 @@ def table(rows: list[dict]) -> str:
         mfu = [f"{r['mfu'].get(p, 0):.1%}" for p in ("update_actor", "update_critic")]
         vs = f"{seed['s_per_step'] / r['s_per_step']:.2f}x" if seed else "-"
         lines.append(f"| {r['row']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | " + " | ".join(phases + mfu)
-                     + f" | {r.get('rollout_actor_kl', float('nan')):.3f} | {vs} |")
+                     + f" | {r.get('rollout_actor_kl', float('nan')):.4f} | {r.get('actor_ppo_kl', float('nan')):.4f}"
+                     + f" | {vs} |")
     return "\n".join(lines)
 
 
@@ -154,7 +161,10 @@ def main() -> None:
         row = run_row(name, args, deadline)
         return {**row, "mfu": update_mfu(row, shape)}
 
-    rows = run_rows(args.rows.split(","), run_one, args.out, hidden=("overrides", "env", "steps"))
+    # Rows an earlier run left in --out stay in results.json and the table (a second run on the same machine adds
+    # rows, e.g. `bench-ppo=tuned bench-ppo=seed`); a row run again replaces its old one.
+    earlier = json.loads((args.out / "results.json").read_text()) if (args.out / "results.json").exists() else []
+    rows = run_rows(args.rows.split(","), run_one, args.out, hidden=("overrides", "env", "steps"), earlier=earlier)
     import torch
 
     versions = f"torch {torch.__version__}, GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}"
