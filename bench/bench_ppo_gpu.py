@@ -16,8 +16,10 @@ with "no complete checkpoint", which is expected here; the metrics are read from
 named by --keep saves one at its last step (outside the median: that step is the slowest), so the chain's
 merged_model and evaluate stages can take it without a PPO start-up of their own.
 
-Each row also reports verl's rollout_corr/kl: the KL between the rollout's (vLLM's) and the actor's log-probs of the
-same tokens. Tuning must not move it: a kernel that computed different log-probs would show here first.
+Each row also reports the KL between the rollout's (vLLM's) and the actor's log-probs of the same tokens: verl's
+rollout_corr/kl where the actor recomputes the old log-probs, actor/ppo_kl in bypass mode (the preset's: the
+rollout's log-probs are the old policy's, so the update's KL to the old policy starts from rollout vs actor).
+Tuning must not move it: a kernel that computed different log-probs, or a broken weight sync, shows here first.
 """
 from __future__ import annotations
 
@@ -44,17 +46,16 @@ ROWS = {
     "seed": SEED,
     "tuned": ({}, [], {}),
     # vLLM keeps its weights and KV cache between steps (no sleep/wake); a smaller share leaves room for training
-    "tuned-awake": ({"gpu_memory_utilization": 0.2}, ["actor_rollout_ref.rollout.free_cache_engine=False"], {}),
+    "tuned-awake": ({"gpu_memory_utilization": 0.12}, ["actor_rollout_ref.rollout.free_cache_engine=False"], {}),
     "tuned-noliger": ({}, ["actor_rollout_ref.model.use_liger=False"], {}),
     "tuned-8k-prefill": ({}, ["actor_rollout_ref.rollout.max_num_batched_tokens=8192"], {}),
+    # the actor recomputes the old policy's log-probs (verl's default) instead of taking the rollout's, as the
+    # preset's bypass mode does (they agree to 2e-4 nats a token: rollout_corr/kl of this row)
+    "tuned-recompute": ({}, ["algorithm.rollout_correction.bypass_mode=False"], {}),
     # vLLM returns no per-token log-probs (1.6 s of 3.3 for vLLM alone: bench/results/rollout-h200-2026-12-02.json);
-    # verl's rollout_corr/* metrics (rollout vs actor KL) go with them
-    "tuned-no-rollout-logprobs": ({}, ["actor_rollout_ref.rollout.calculate_log_probs=False"], {}),
-    # verl's bypass mode: the rollout's log-probs serve as the old policy's (they agree to 2e-4 nats a token), so
-    # the actor's old log-prob pass is skipped; actor/ppo_kl then measures rollout vs actor in the first mini batch
-    "tuned-bypass": ({}, ["algorithm.rollout_correction.bypass_mode=True"], {}),
-    "tuned-bypass-awake": ({"gpu_memory_utilization": 0.12}, ["algorithm.rollout_correction.bypass_mode=True",
-                                                               "actor_rollout_ref.rollout.free_cache_engine=False"], {}),
+    # bypass mode needs them, so the old log-prob pass comes back, and verl's rollout_corr/* metrics go
+    "tuned-no-rollout-logprobs": ({}, ["actor_rollout_ref.rollout.calculate_log_probs=False",
+                                       "algorithm.rollout_correction.bypass_mode=False"], {}),
 }
 
 
