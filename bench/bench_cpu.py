@@ -26,6 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ["raw_data", "base_model", "parquet", "sft", "sft_model", "ppo", "merged_model", "evaluate", "plots"]
 
 
+def table_console() -> Console:
+    """A console for the result table: full width when the output goes to a file (rich would cut it to 80
+    columns and truncate every header), as it does when a benchmark runs in the background."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def tree_pss(root: psutil.Process, cpu: dict[int, float] | None = None) -> int:
     """Proportional set size summed over the tree: shared pages (torch, CUDA libraries mapped by every Ray
     worker) are counted once in total, not once per process as RSS would. Records each process's CPU seconds
@@ -97,7 +103,7 @@ def main() -> None:
     ppo_steps = json.loads((run / "ppo" / "result.json").read_text())["metrics"]
     steady = ppo_steps[1:] or ppo_steps  # step 1 includes vLLM/worker warm-up
 
-    console = Console()
+    console = table_console()
     table = Table(title=f"llm-bridge embedded default on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                         f"{time.strftime('%Y-%m-%d')}")
     table.add_column("measure")

@@ -13,8 +13,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_cpu import run_measured, snakemake_cmd
-from rich.console import Console
+from bench_cpu import run_measured, snakemake_cmd, table_console
 from rich.table import Table
 
 from llm_bridge.metrics import quarter_means
@@ -62,7 +61,7 @@ def main() -> None:
             "peak": max(r["peak"] for r in rows),
             "models": {m: {"accuracy": statistics.mean(r["models"][m]["accuracy"] for r in rows)} for m in names}}
     table.add_row("mean (peak: max)", *cells(mean))
-    Console().print(table)
+    table_console().print(table)
     n = sorted({r["models"][m]["n"] for r in rows for m in names})
     print(f"eval n = {n} test problems per model; {rows[0]['steps']} PPO steps; run folder: {workdir}")
 

@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from bench_cpu import run_folder, snakemake_cmd  # bench/ is on sys.path when a script in it runs
+from bench_cpu import run_folder, snakemake_cmd, table_console  # bench/ is on sys.path when a script in it runs
 
 
 def tracker_step(ckpt: Path) -> int:
@@ -85,7 +84,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["stage"], str(r["killed_at_step"]), str(r["resumed_from_step"]), str(r["first_resumed_step"]),
                       str(r["final_step"]), f"{r['restart_to_step_s']:.1f}", f"{r['kill_to_step_s']:.1f}")
-    Console().print(table)
+    table_console().print(table)
     print(f"(run folder: {workdir})")
 
 

@@ -20,8 +20,9 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from rich.console import Console
 from rich.table import Table
+
+from bench_cpu import table_console  # bench/ is on sys.path when a script in it runs
 
 REPO = Path(__file__).resolve().parents[1]
 JOBCOMP = Path("/var/log/slurm/jobcomp.log")
@@ -94,7 +95,7 @@ def main() -> None:
         local_cfg.write_text(yaml.safe_dump(config, sort_keys=False))
         wall_local, _ = snakemake(root / "local", local_cfg, "--cores", "2", args.target)
 
-    console = Console()
+    console = table_console()
     table = Table(title=f"SLURM per stage ({args.preset} preset, small config; SLURM timestamps, 1 s resolution)")
     for col in ("stage", "SLURM job", "nodes", "submit -> start s", "run s", "previous end -> submit s"):
         table.add_column(col, justify="left" if col == "stage" else "right")

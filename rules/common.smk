@@ -245,13 +245,30 @@ def upload_repo_id(upload):
     return repo
 
 
+def eval_note(c):
+    """What a reader of the eval table needs to know about this config."""
+    notes = [] if PPO else ["PPO is off in this config (ppo.enabled: false): the merged model is the SFT model."]
+    styled = c["data"]["source"] == "synthetic" and c["data"]["synthetic"].get("other_style_fraction", 0.0)
+    if styled:
+        notes.append(
+            f"{styled:.0%} of the SFT demonstrations end 'The answer is N.' (data.synthetic.other_style_fraction), which"
+            " the GSM8K scorer does not count: the SFT model scores low by design, and PPO's reward teaches '#### N'."
+        )
+    return " ".join(notes)
+
+
 # What each stage's output depends on besides its inputs: the `cfg` param of its rule (Snakemake reruns a rule
 # when it changes), and the stages whose outputs it reads. Two runs share a stage when both agree for the
 # stage and everything upstream of it.
 STAGE_PARAMS = {
     "raw_data": lambda c: {"data": c["data"], "seed": c["seed"]},
     "base_model": lambda c: {"model": c["model"], "seed": c["seed"]},
-    "parquet": lambda c: {k: c["data"][k] for k in ("max_prompt_length", "instruction")},
+    "parquet": lambda c: {
+        **{k: c["data"][k] for k in ("max_prompt_length", "instruction")},
+        "sft_other_style_fraction": (
+            c["data"]["synthetic"].get("other_style_fraction", 0.0) if c["data"]["source"] == "synthetic" else 0.0
+        ),
+    },
     "sft": lambda c: {
         "sft": stage_config(c, "sft"),
         "cluster": cluster(),
@@ -271,10 +288,7 @@ STAGE_PARAMS = {
         **preset_env(),
     },
     "merged_model": lambda c: {},
-    "evaluate": lambda c: {
-        **c["evaluate"],
-        "note": "" if PPO else "PPO is off in this config (ppo.enabled: false): the merged model is the SFT model.",
-    },
+    "evaluate": lambda c: {**c["evaluate"], "note": eval_note(c)},
     "plots": lambda c: {},
     "model_card": lambda c: c,
     "upload": lambda c: c["upload"],

@@ -56,7 +56,7 @@ CONFIG_CASES = [
     ("zero-ppo-batch", lambda t: cfg(**{"ppo.train_batch_size": 0}), ["ppo.train_batch_size in config.yaml is 0, but it must be at least 1"]),
     ("negative-lr", lambda t: cfg(**{"sft.lr": -1e-3}), ["sft.lr in config.yaml is -0.001, but it must be greater than 0"]),
     ("micro-larger-than-batch", lambda t: cfg(**{"sft.micro_batch_size_per_gpu": 64}), ["sft.micro_batch_size_per_gpu=64", "lower it"]),
-    ("ppo-mini-larger-than-batch", lambda t: cfg(**{"ppo.ppo_mini_batch_size": 16}), ["ppo.ppo_mini_batch_size=16", "ppo.train_batch_size=8"]),
+    ("ppo-mini-larger-than-batch", lambda t: cfg(**{"ppo.ppo_mini_batch_size": 32}), ["ppo.ppo_mini_batch_size=32", "ppo.train_batch_size=16"]),
     ("ppo-batch-not-divisible", lambda t: cfg(**{"ppo.train_batch_size": 12}), ["not divisible by ppo.ppo_mini_batch_size"]),
     ("ppo-micro-not-dividing-mini", lambda t: cfg(**{"ppo.ppo_micro_batch_size_per_gpu": 3}), ["ppo_micro_batch_size_per_gpu=3", "does not divide"]),
     ("max-length-below-prompts", lambda t: cfg(**{"sft.max_length": 64}), ["sft.max_length=64", "data.max_prompt_length=96"]),

@@ -111,6 +111,25 @@ def test_parquet_has_verl_gsm8k_schema(tmp_path, tiny_tokenizer_dir):
     assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == splits["train"][3]["answer"]
 
 
+def test_sft_demonstrations_in_the_other_style_keep_the_ground_truth():
+    records = raw_data.synthetic_splits(400, 1, seed=0)["train"]
+    plain = parquet.sft_rows(records, INSTRUCTION)
+    mixed = parquet.sft_rows(records, INSTRUCTION, other_style_fraction=0.7)
+    assert mixed == parquet.sft_rows(records, INSTRUCTION, other_style_fraction=0.7)  # seeded
+    answers = [row["messages"][1]["content"] for row in mixed]
+    other = [a for a in answers if "####" not in a]
+    assert 0.6 < len(other) / len(answers) < 0.8
+    for record, answer, original in zip(records, answers, plain):
+        assert original["messages"][1]["content"] == record["answer"]  # fraction 0: GSM8K's own form
+        if "####" not in answer:  # the same working, the final line restyled, the same number
+            working, final = answer.rsplit("\n", 1)
+            assert record["answer"].startswith(working + "\n")
+            assert final == f"The answer is {parquet.extract_solution(record['answer'])}."
+    # the reward's ground truth comes from the raw answer, whatever the SFT style
+    assert all(row["reward_model"]["ground_truth"] == parquet.extract_solution(r["answer"])
+               for row, r in zip(parquet.verl_rows(records, "train", INSTRUCTION), records))
+
+
 def test_real_gsm8k_validates(gsm8k_dir, tiny_tokenizer_dir):
     """The real data passes every check (with a prompt budget that fits GSM8K's longest questions)."""
     records = raw_data.read_records(gsm8k_dir / "train.jsonl")

@@ -18,7 +18,7 @@ ARTIFACTS = ["raw_data/train.jsonl", "parquet/train.parquet", "parquet/test.parq
 def test_two_runs_are_identical(tmp_path):
     config = default_config()
     config["run_name"] = "det"
-    config["data"]["synthetic"] = {"n_train": 256, "n_test": 16}
+    config["data"]["synthetic"].update(n_train=256, n_test=16)  # the SFT answer styles' draw is checked too
     config["sft"].update(total_epochs=1, save_freq=-1)
     runs = []
     for name in ("a", "b"):

@@ -17,6 +17,7 @@ import yaml
 from conftest import (
     REPO,
     default_config,
+    light_ppo,
     planned_jobs,
     rendered_dom,
     snakemake,
@@ -31,7 +32,7 @@ def sweep_config() -> dict:
     config = default_config()
     config["data"]["synthetic"] = {"n_train": 320, "n_test": 40}
     config["sft"].update(total_epochs=1, save_freq=5)  # 10 steps
-    config["ppo"].update(total_training_steps=1, save_freq=1)
+    light_ppo(config)["ppo"].update(total_training_steps=1, save_freq=1)
     config["evaluate"].update(n_samples=16, batch_size=16)
     return config
 

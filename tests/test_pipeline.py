@@ -19,7 +19,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, SNAKEMAKE, default_config, planned_jobs, rendered_dom, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, default_config, light_ppo, planned_jobs, rendered_dom, snakemake, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,7 @@ def small_config(run_name: str = "e2e") -> dict:
     config["run_name"] = run_name
     config["data"]["synthetic"] = {"n_train": 320, "n_test": 40}
     config["sft"].update(total_epochs=2, save_freq=5)
-    config["ppo"].update(enabled=True, total_training_steps=2, save_freq=1)
+    light_ppo(config)["ppo"].update(enabled=True, total_training_steps=2, save_freq=1)
     config["evaluate"].update(n_samples=16, batch_size=16)
     return config
 

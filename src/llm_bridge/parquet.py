@@ -2,7 +2,8 @@
 
 `{split}.parquet` has the schema of verl's own GSM8K preprocessing (examples/data_preprocess/gsm8k.py):
 `data_source`, chat `prompt`, `ability`, `reward_model.ground_truth`, `extra_info{split,index,answer,question}`;
-PPO and evaluation read it. `sft_{split}.parquet` holds the same rows as chat `messages` for verl's SFT trainer.
+PPO and evaluation read it. `sft_{split}.parquet` holds the same rows as chat `messages` for verl's SFT trainer
+(on synthetic data, a configured fraction of them in another answer style: `sft_rows`).
 Every row is checked before anything is written, and all problems are reported together, each naming the
 file, row and field.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 from pathlib import Path
 
@@ -105,8 +107,20 @@ def verl_rows(records: list[dict], split: str, instruction: str) -> list[dict]:
     ]
 
 
-def sft_rows(records: list[dict], instruction: str) -> list[dict]:
-    return [{"messages": chat_prompt(r["question"], instruction) + [{"role": "assistant", "content": r["answer"]}]} for r in records]
+def other_style(answer: str) -> str:
+    """The final line '#### N' written 'The answer is N.': the other answer style of SFT data mixed from sources."""
+    return ANSWER_RE.sub(lambda m: f"The answer is {m.group(1)}.", answer.strip())
+
+
+def sft_rows(records: list[dict], instruction: str, other_style_fraction: float = 0.0, split: str = "train") -> list[dict]:
+    """Chat rows for verl's SFT trainer. A seeded `other_style_fraction` of the demonstrations ends in the other
+    style (see other_style); verl's GSM8K reward and the evaluation pay only for '#### N', so the SFT model then
+    has a style left to learn that PPO's reward teaches (the embedded default's learning check, issue 13)."""
+    rng = random.Random(f"llm-bridge/answer-style/{split}")
+    pick = [rng.random() < other_style_fraction for _ in records]
+    return [{"messages": chat_prompt(r["question"], instruction)
+             + [{"role": "assistant", "content": other_style(r["answer"]) if other else r["answer"]}]}
+            for r, other in zip(records, pick)]
 
 
 def write_parquet(path: Path, rows: list[dict]) -> None:
@@ -116,7 +130,7 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", required=True, help="JSON: {max_prompt_length, instruction}")
+    parser.add_argument("--params", required=True, help="JSON: {max_prompt_length, instruction, sft_other_style_fraction}")
     parser.add_argument("--raw-dir", required=True, type=Path)
     parser.add_argument("--tokenizer", type=Path, help="model folder whose tokenizer measures prompt length")
     parser.add_argument("--out-dir", required=True, type=Path)
@@ -132,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
         validate(records, args.raw_dir / f"{split}.jsonl", tokenizer, params["max_prompt_length"], params["instruction"])
     for split, records in splits.items():
         write_parquet(args.out_dir / f"{split}.parquet", verl_rows(records, split, params["instruction"]))
-        write_parquet(args.out_dir / f"sft_{split}.parquet", sft_rows(records, params["instruction"]))
+        write_parquet(args.out_dir / f"sft_{split}.parquet",
+                      sft_rows(records, params["instruction"], params.get("sft_other_style_fraction", 0.0), split))
         print(f"[parquet] {split}: {len(records)} rows validated -> {args.out_dir}/{{,sft_}}{split}.parquet")
 
 
