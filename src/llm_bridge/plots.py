@@ -79,7 +79,7 @@ def ppo_figure(metrics: list[dict], results: dict, path: Path) -> None:
         steps, values = series(metrics, key)
         ax.plot(steps, values, marker="o", alpha=0.5 if key == REWARD else 1.0, label="per step")
         if key == REWARD and values:
-            window = max(2, len(values) // 6)
+            window = max(2, len(values) // 4)  # a quarter of the steps: what tests/test_learning.py compares
             ax.plot(steps, smoothed(values, window), color="tab:red", lw=2, label=f"mean of last {window} steps")
             ax.legend(fontsize="small")
         ax.set(xlabel="PPO step", title=title)
