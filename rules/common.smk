@@ -245,10 +245,15 @@ def upload_repo_id(upload):
     return repo
 
 
+def other_style_fraction(c):
+    """The share of SFT demonstrations written in the other answer style: synthetic data only (real GSM8K keeps its own)."""
+    return c["data"]["synthetic"].get("other_style_fraction", 0.0) if c["data"]["source"] == "synthetic" else 0.0
+
+
 def eval_note(c):
     """What a reader of the eval table needs to know about this config."""
     notes = [] if PPO else ["PPO is off in this config (ppo.enabled: false): the merged model is the SFT model."]
-    styled = c["data"]["source"] == "synthetic" and c["data"]["synthetic"].get("other_style_fraction", 0.0)
+    styled = other_style_fraction(c)
     if styled:
         notes.append(
             f"{styled:.0%} of the SFT demonstrations end 'The answer is N.' (data.synthetic.other_style_fraction), which"
@@ -265,9 +270,7 @@ STAGE_PARAMS = {
     "base_model": lambda c: {"model": c["model"], "seed": c["seed"]},
     "parquet": lambda c: {
         **{k: c["data"][k] for k in ("max_prompt_length", "instruction")},
-        "sft_other_style_fraction": (
-            c["data"]["synthetic"].get("other_style_fraction", 0.0) if c["data"]["source"] == "synthetic" else 0.0
-        ),
+        "sft_other_style_fraction": other_style_fraction(c),
     },
     "sft": lambda c: {
         "sft": stage_config(c, "sft"),
