@@ -38,7 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts" / "gpu"))
 from bench_gpu import PEAK_FLOPS, model_shape, run_rows  # noqa: E402  (beside this file)
-PHASES = ("gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights", "step")
+PHASES = ("prepare", "gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights",
+          "untimed", "step")
+OUTSIDE_STEP = {"timing_s/step", "timing_s/testing"}
 # name -> (settings replacing the h200x1 preset's ppo section, extra overrides, env replacing the preset's)
 SEED = ({"overrides": []}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "0"})  # the seed's values: padded micro batches of 8,
 # SDPA, gradient checkpointing (verl's default), verl's per-token log-prob loop, vLLM at 40 % sleeping between steps
@@ -56,10 +58,15 @@ ROWS = {
     # bypass mode needs them, so the old log-prob pass comes back, and verl's rollout_corr/* metrics go
     "tuned-no-rollout-logprobs": ({}, ["actor_rollout_ref.rollout.calculate_log_probs=False",
                                        "algorithm.rollout_correction.bypass_mode=False"], {}),
+    # FSDP2 (per-parameter DTensor sharding) for actor and critic instead of FSDP1's flat parameters
+    "tuned-fsdp2": ({}, ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp2"], {}),
 }
 
 
-def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False) -> str:
+def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False,
+               profile_dir: Path | None = None) -> str:
+    """The row's params JSON; with profile_dir, llm_bridge.phase_profile times what verl leaves untimed and
+    profiles one call of each training-worker method into that folder (its third call: step 3)."""
     from prepare_run import params_for
 
     settings, extra, env = ROWS[name]
@@ -68,19 +75,23 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
                      "test_freq": -1}
     preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra
     preset["env"] = {**preset.get("env", {}), **env}
+    if profile_dir:
+        modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
+        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir),
+                             VERL_USE_EXTERNAL_MODULES=",".join([*modules, "llm_bridge.phase_profile"]))
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
 
 
 def run_row(name: str, args, deadline: float) -> dict:
     out = args.out / name
     params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length,
-                        keep=name == args.keep)
+                        keep=name == args.keep, profile_dir=(out / "profile").resolve())
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
     parsed = json.loads(params)
     row = {"row": name, "overrides": parsed["ppo"]["overrides"], "env": parsed.get("env", {})}
-    if budget < 120:
+    if budget < args.min_row_s:
         return {**row, "error": "skipped: out of time"}
     start = time.monotonic()
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
@@ -98,8 +109,14 @@ def run_row(name: str, args, deadline: float) -> dict:
         return {**row, "error": f"exit {code}: no step logged (see {name}.log)"}
     timing = {k[len("timing_s/"):]: statistics.median(s[k] for s in measured if k in s)
               for k in sorted({k for s in measured for k in s if k.startswith("timing_s/")})}
+    # what no timer covers: the step minus its timed parts, per step (testing runs outside the step)
+    timing["untimed"] = statistics.median(
+        s["timing_s/step"] - sum(v for k, v in s.items() if k.startswith("timing_s/") and k not in OUTSIDE_STEP)
+        for s in measured)
     tokens = statistics.median(s["perf/total_num_tokens"] for s in measured)
     return {**row, "s_per_step": timing["step"], "tokens_per_s": tokens / timing["step"], "tokens_per_step": tokens,
+            # Ray, the FSDP workers and vLLM's start (compilation, CUDA graphs): the run's wall time outside its steps
+            "startup_s": round(row["wall_s"] - sum(s["timing_s/step"] + s.get("timing_s/testing", 0) for s in steps), 1),
             "timing_s": timing, "measured_steps": [s["step"] for s in measured],
             "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured),
             "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured),
@@ -125,7 +142,7 @@ def update_mfu(row: dict, shape: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     seed = next((r for r in rows if r["row"] == "seed" and "s_per_step" in r), None)
-    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "rollout/actor KL", "actor ppo_kl", "vs seed"]
+    head = ["row", "s/step", "tokens/s", *PHASES[:-1], "MFU actor upd", "MFU critic upd", "rollout/actor KL", "actor ppo_kl", "start-up s", "vs seed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "s_per_step" not in r:
@@ -136,7 +153,7 @@ def table(rows: list[dict]) -> str:
         vs = f"{seed['s_per_step'] / r['s_per_step']:.2f}x" if seed else "-"
         lines.append(f"| {r['row']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | " + " | ".join(phases + mfu)
                      + f" | {r.get('rollout_actor_kl', float('nan')):.4f} | {r.get('actor_ppo_kl', float('nan')):.4f}"
-                     + f" | {vs} |")
+                     + f" | {r.get('startup_s', float('nan')):.0f} | {vs} |")
     return "\n".join(lines)
 
 
@@ -152,6 +169,8 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=3)
     parser.add_argument("--keep", default="", help="the row whose checkpoint is saved (for merged_model/evaluate)")
     parser.add_argument("--deadline", type=float, default=540, help="seconds for all rows; later rows are skipped")
+    parser.add_argument("--min-row-s", type=float, default=330,
+                        help="a row starts only with this much of the deadline left (PPO's start-up alone: 4.2-4.7 min)")
     args = parser.parse_args()
     args.model_dir, args.data_dir = args.model_dir.resolve(), args.data_dir.resolve()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -170,3 +170,47 @@ def test_planned_steps_follow_verl(tmp_path):
     overridden = {"total_epochs": 3, "train_batch_size": 32, "total_training_steps": 5,
                   "overrides": ["trainer.total_training_steps=9", "trainer.total_training_steps=4"]}
     assert launch.planned_steps(overridden, data) == 4
+
+
+def test_verl_plugin_modules_add_up_with_cpu_support_first(monkeypatch):
+    """A caller's own plugin (e.g. llm_bridge.phase_profile) joins CPU support, the preset's and ours instead of
+    replacing or being replaced; CPU support comes first: it registers the platform that later imports of verl need."""
+    monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "llm_bridge.phase_profile")
+    env = launch.child_env({"VERL_USE_EXTERNAL_MODULES": "llm_bridge.gpu_support"}, verl_modules=("llm_bridge.verl_fixes",))
+    modules = env["VERL_USE_EXTERNAL_MODULES"].split(",")
+    assert modules[-3:] == ["llm_bridge.gpu_support", "llm_bridge.verl_fixes", "llm_bridge.phase_profile"]
+    if not launch.has_gpu():
+        assert modules == ["llm_bridge.cpu_support", *modules[1:]] and len(modules) == 4
+
+
+def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeypatch):
+    """The worker-side profile: only the configured call runs under torch's profiler, its summary names the
+    model class and the operators that took the time, and every call returns what the method returned."""
+    import types
+
+    import torch
+
+    from llm_bridge import phase_profile
+
+    monkeypatch.setattr(phase_profile, "PROFILE_DIR", str(tmp_path))
+    monkeypatch.setattr(phase_profile, "PROFILE_CALL", 2)
+
+    class TrainingWorker:  # the two methods verl's engine workers expose, on a real (tiny) model
+        def __init__(self):
+            self.engine = types.SimpleNamespace(module=torch.nn.Linear(64, 64))
+
+        def train_mini_batch(self, data):
+            return self.engine.module(data).sum().item()
+
+        def infer_batch(self, data):
+            return data.shape[0]
+
+    phase_profile._profile_worker_calls(types.SimpleNamespace(TrainingWorker=TrainingWorker))
+    worker, data = TrainingWorker(), torch.ones(8, 64)
+    expected = torch.nn.functional.linear(data, worker.engine.module.weight, worker.engine.module.bias).sum().item()
+    assert worker.train_mini_batch(data) == expected
+    assert not list(tmp_path.iterdir())  # the first call is not profiled
+    assert worker.train_mini_batch(data) == expected and worker.infer_batch(data) == 8
+    text = (tmp_path / "Linear.train_mini_batch.txt").read_text()
+    assert "call 2" in text and re.search(r"wall \d+\.\d+ s", text) and "aten::" in text
+    assert not (tmp_path / "Linear.infer_batch.txt").exists()  # its first call only

@@ -121,6 +121,16 @@ def test_seed_numbers_are_carried():
     assert load("h100x16")["nnodes"] == 2
 
 
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_gpu_ppo_samples_as_the_seed(name):
+    """The config's PPO sampling (8 responses a prompt at temperature 0.7) is the CPU default's, tuned for its
+    tiny model to learn; a GPU preset that let it through would run 8x the seed's rollout (2048 responses a step)."""
+    settings = fit.stage_settings(base_config(), load(name), "ppo")
+    cfg = compose("ppo_trainer", ppo.verl_overrides(settings, Path("m"), Path("d"), Path("c"), cluster(load(name)), 512, 0))
+    assert (cfg.actor_rollout_ref.rollout.n, cfg.actor_rollout_ref.rollout.temperature) == (1, 1.0)
+    assert cfg.data.train_batch_size == 256
+
+
 def test_run_overrides_win_over_the_presets():
     config = base_config()
     config["sft"]["overrides"] = ["data.max_token_len_per_gpu=4096"]

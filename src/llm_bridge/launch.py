@@ -43,10 +43,13 @@ def child_env(extra: dict[str, str] | None = None, procs_per_node: int = 1, verl
     """The environment for verl: CPU support when there is no GPU, plus `verl_modules` for verl to import in
     every process it starts (beside any a preset names); secrets stay in the environment, never argv."""
     env = dict(os.environ)
-    if not has_gpu():
-        env.update(cpu_env(procs_per_node))
-    env.update(extra or {})
-    modules = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m] + list(verl_modules)
+    layers = [os.environ, cpu_env(procs_per_node) if not has_gpu() else {}, extra or {}]
+    for layer in layers[1:]:
+        env.update(layer)
+    # verl's plugin modules add up, in this order: CPU support (it registers the platform every later import of
+    # verl needs), the preset's, ours, then the caller's own (e.g. llm_bridge.phase_profile)
+    modules = [m for layer in [*layers[1:], {"VERL_USE_EXTERNAL_MODULES": ",".join(verl_modules)}, layers[0]]
+               for m in layer.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
     if modules:
         env["VERL_USE_EXTERNAL_MODULES"] = ",".join(dict.fromkeys(modules))
     env.setdefault("PYTHONUNBUFFERED", "1")
