@@ -117,10 +117,11 @@ def cpu_overrides(cluster: dict, kv_cache_bytes: int) -> list[str]:
         # after a partial prefill chunk; a CPU generator has no offset ("CPU Generator does not use offset"), so
         # whole prompts only (a large rollout batch otherwise gets split).
         "actor_rollout_ref.rollout.enable_chunked_prefill=False",
-        # A 2-core machine: one agent-loop worker, one reward worker and one TransferQueue storage unit instead
-        # of 8 each (every one is a Python process importing torch: about a minute of start-up on 2 cores).
+        # A 2-core machine: one agent-loop worker and one TransferQueue storage unit instead of 8 each (every one
+        # is a Python process importing torch: about a minute of start-up on 2 cores), and no reward worker: the
+        # agent loop scores its rollouts itself (llm_bridge.verl_fixes; one process, about 0.5 GiB, less).
         "actor_rollout_ref.rollout.agent.num_workers=1",
-        "reward.num_workers=1",
+        "reward.num_workers=0",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     ]
 

@@ -111,6 +111,44 @@ def _replay_buffer_polls_often(replay_buffer) -> None:
     replay_buffer.ReplayBuffer.__init__ = __init__
 
 
+class _InProcessReward:
+    """Stands in for a Ray handle of verl's RewardLoopWorker: `handle.compute_score.remote(data)` returns an
+    awaitable, as a Ray call does, but scores in this process. The worker is built on the first call, inside the
+    agent loop's running event loop: verl's reward managers run the tokenizer in `self.loop`'s executor, which
+    must be the loop that awaits them."""
+
+    def __init__(self, config):
+        self.config, self.worker = config, None
+        self.compute_score = self  # so that `.compute_score.remote(data)` reads as on a Ray handle
+
+    async def _score(self, data):
+        if self.worker is None:
+            from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+            self.worker = RewardLoopWorker(self.config)
+        return await self.worker.compute_score(data)
+
+    def remote(self, data):
+        return self._score(data)
+
+
+def _reward_in_the_agent_loop(agent_loop) -> None:
+    """verl 0.9.1 scores each rollout in a separate Ray actor (RewardLoopWorker), one process of about 0.56 GiB
+    for a rule reward that takes microseconds; with `reward.num_workers=0` it has no worker and the agent loop
+    fails (random.choice of an empty list). Score in the agent loop's own process then: the CPU default's way to
+    one process less (issue 13's memory budget). A reward model keeps verl's workers (handles are None there)."""
+    original = agent_loop.AgentLoopWorker.__init__
+
+    @functools.wraps(original)
+    def __init__(self, config, *args, **kwargs):
+        original(self, config, *args, **kwargs)
+        if self.reward_loop_worker_handles == []:
+            self.reward_loop_worker_handles = [_InProcessReward(config)]
+
+    agent_loop.AgentLoopWorker.__init__ = __init__
+
+
 _resume_at_epoch_boundary()
 _critic_attention_as_configured()
 _when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
+_when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_loop)
