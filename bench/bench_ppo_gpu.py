@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO / "scripts" / "gpu"))
 from bench_gpu import PEAK_FLOPS, model_shape, run_rows  # noqa: E402  (beside this file)
 PHASES = ("prepare", "gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights",
           "untimed", "step")
-OUTSIDE_STEP = {"timing_s/step", "timing_s/testing"}
+# timers not added up into the step's timed parts: the step itself, testing (outside it), gen_sleep (inside gen)
+NOT_ADDED = {"timing_s/step", "timing_s/testing", "timing_s/gen_sleep"}
 # name -> (settings replacing the h200x1 preset's ppo section, extra overrides, env replacing the preset's)
 SEED = ({"overrides": []}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "0"})  # the seed's values: padded micro batches of 8,
 # SDPA, gradient checkpointing (verl's default), verl's per-token log-prob loop, vLLM at 40 % sleeping between steps
@@ -66,7 +67,7 @@ ROWS = {
 def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False,
                profile_dir: Path | None = None) -> str:
     """The row's params JSON; with profile_dir, llm_bridge.phase_profile times what verl leaves untimed and
-    profiles one call of each training-worker method into that folder (its third call: step 3)."""
+    profiles one call of each training-worker method into that folder: the last step's (left out of the medians)."""
     from prepare_run import params_for
 
     settings, extra, env = ROWS[name]
@@ -77,7 +78,7 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
     preset["env"] = {**preset.get("env", {}), **env}
     if profile_dir:
         modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir),
+        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir), LLM_BRIDGE_PROFILE_CALL=str(steps),
                              VERL_USE_EXTERNAL_MODULES=",".join([*modules, "llm_bridge.phase_profile"]))
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
 
@@ -85,7 +86,9 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
 def run_row(name: str, args, deadline: float) -> dict:
     out = args.out / name
     params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length,
-                        keep=name == args.keep, profile_dir=(out / "profile").resolve())
+                        keep=name == args.keep,
+                        # the seed row is the baseline, not a subject: no profile (its 2-3 steps are all measured)
+                        profile_dir=None if name == "seed" else (out / "profile").resolve())
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
@@ -104,14 +107,16 @@ def run_row(name: str, args, deadline: float) -> dict:
 
     steps = metrics.collect(out / "checkpoints")
     row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps)
-    measured = steps[1:] or steps
+    # not the first step (compilation, CUDA graphs) nor the last (profiled, and the --keep row's checkpoint)
+    last_is_special = name != "seed" or name == args.keep  # profiled, or saving the checkpoint
+    measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:] or steps
     if not measured:
         return {**row, "error": f"exit {code}: no step logged (see {name}.log)"}
     timing = {k[len("timing_s/"):]: statistics.median(s[k] for s in measured if k in s)
               for k in sorted({k for s in measured for k in s if k.startswith("timing_s/")})}
     # what no timer covers: the step minus its timed parts, per step (testing runs outside the step)
     timing["untimed"] = statistics.median(
-        s["timing_s/step"] - sum(v for k, v in s.items() if k.startswith("timing_s/") and k not in OUTSIDE_STEP)
+        s["timing_s/step"] - sum(v for k, v in s.items() if k.startswith("timing_s/") and k not in NOT_ADDED)
         for s in measured)
     tokens = statistics.median(s["perf/total_num_tokens"] for s in measured)
     return {**row, "s_per_step": timing["step"], "tokens_per_s": tokens / timing["step"], "tokens_per_step": tokens,
@@ -120,7 +125,34 @@ def run_row(name: str, args, deadline: float) -> dict:
             "timing_s": timing, "measured_steps": [s["step"] for s in measured],
             "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured),
             "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured),
-            "actor_ppo_kl": statistics.median(s.get("actor/ppo_kl", float("nan")) for s in measured)}
+            "actor_ppo_kl": statistics.median(s.get("actor/ppo_kl", float("nan")) for s in measured),
+            "rollout_split_s": rollout_split(out / "profile", [s["step"] for s in measured])}
+
+
+def rollout_split(profile: Path, steps: list[int]) -> dict:
+    """verl's `gen`, split by llm_bridge.phase_profile's logs (median over `steps`, 1-based): `dispatch` from the
+    prompts handed to the agent loop to its first request to vLLM, `requests` from the first request's start to
+    the last one's end, `tail` from there to the trainer having the batch (TransferQueue, replay buffer),
+    `sleep` vLLM put to sleep; `request` is the median request's own time."""
+    try:
+        events = [json.loads(line) for line in (profile / "trainer-events.jsonl").read_text().splitlines()]
+        requests = [json.loads(line) for f in profile.glob("requests.*.jsonl") for line in f.read_text().splitlines()]
+    except (OSError, ValueError):
+        return {}
+    prepares = [e for e in events if e["event"] == "prepare"]
+    sleeps = [e for e in events if e["event"] == "gen_sleep"]
+    rows = []
+    for step in steps:
+        if step > min(len(prepares), len(sleeps)):
+            continue
+        sent, slept = prepares[step - 1], sleeps[step - 1]
+        mine = [r for r in requests if sent["t0"] <= r["t0"] <= slept["t0"]]
+        if mine:
+            first, last = min(r["t0"] for r in mine), max(r["t1"] for r in mine)
+            rows.append({"dispatch": first - sent["t1"], "requests": last - first, "tail": slept["t0"] - last,
+                         "sleep": slept["t1"] - slept["t0"],
+                         "request": statistics.median(r["t1"] - r["t0"] for r in mine), "n_requests": len(mine)})
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]} if rows else {}
 
 
 def update_mfu(row: dict, shape: dict) -> dict:
@@ -154,6 +186,13 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['row']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | " + " | ".join(phases + mfu)
                      + f" | {r.get('rollout_actor_kl', float('nan')):.4f} | {r.get('actor_ppo_kl', float('nan')):.4f}"
                      + f" | {r.get('startup_s', float('nan')):.0f} | {vs} |")
+    split = [r for r in rows if r.get("rollout_split_s")]
+    if split:
+        keys = ("dispatch", "requests", "tail", "sleep", "request")
+        lines += ["", "verl's gen, split (seconds, llm_bridge.phase_profile):", "",
+                  "| row | " + " | ".join(keys) + " | requests a step |", "|---|" + "---|" * (len(keys) + 1)]
+        lines += [f"| {r['row']} | " + " | ".join(f"{r['rollout_split_s'][k]:.2f}" for k in keys)
+                  + f" | {r['rollout_split_s']['n_requests']:.0f} |" for r in split]
     return "\n".join(lines)
 
 

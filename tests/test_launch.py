@@ -213,4 +213,40 @@ def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeyp
     assert worker.train_mini_batch(data) == expected and worker.infer_batch(data) == 8
     text = (tmp_path / "Linear.train_mini_batch.txt").read_text()
     assert "call 2" in text and re.search(r"wall \d+\.\d+ s", text) and "aten::" in text
+    assert "host-device synchronisations by stack:" in text  # on a GPU: each .item()'s Python stack
     assert not (tmp_path / "Linear.infer_batch.txt").exists()  # its first call only
+
+
+def test_phase_profile_logs_trainer_events_and_rollout_requests(tmp_path, monkeypatch):
+    """The rollout's split needs the trainer's phases (as verl timers and as timestamped events) and every request
+    the agent loop sends to vLLM; the folder is made on first use, and results pass through unchanged."""
+    import asyncio
+    import json
+    import types
+
+    from llm_bridge import phase_profile
+
+    monkeypatch.setattr(phase_profile, "PROFILE_DIR", str(tmp_path / "profile"))  # not there yet
+
+    class Trainer:
+        def prepare_step(self):
+            return "batch sent"
+
+    Trainer.prepare_step = phase_profile._timed("prepare", Trainer.prepare_step)
+    trainer = Trainer()
+    trainer.timing_raw = {}
+    assert trainer.prepare_step() == "batch sent" and trainer.timing_raw["prepare"] >= 0
+
+    class LLMServerClient:
+        async def generate(self, request_id, *, prompt_ids):
+            await asyncio.sleep(0.01)
+            return prompt_ids[::-1]
+
+    phase_profile._log_requests(types.SimpleNamespace(LLMServerClient=LLMServerClient))
+    assert asyncio.run(LLMServerClient().generate("r1", prompt_ids=[1, 2])) == [2, 1]
+
+    (event,) = [json.loads(line) for line in (tmp_path / "profile" / "trainer-events.jsonl").read_text().splitlines()]
+    assert event["event"] == "prepare" and event["t1"] >= event["t0"]
+    (log,) = (tmp_path / "profile").glob("requests.*.jsonl")
+    (request,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert request["t1"] - request["t0"] >= 0.01

@@ -4,17 +4,25 @@ when `LLM_BRIDGE_PROFILE_DIR` is set, as `bench/bench_ppo_gpu.py` does. Checked 
 - The trainer: verl's v1 PPO trainer times generation, the passes and the updates, but not what it does between
   them (the next prompt batch from the loader, dispatching it to the rollout, balancing the batch across ranks):
   on the H200 about 1.4 s of a 13-s step was in no timer. `prepare` and `balance` join verl's timing_s/*.
+- Generation: verl's `gen` timer covers the whole rollout, from the prompts sent to the agent loop to vLLM put to
+  sleep. `gen_sleep` times the sleep (`on_sample_end`); every request the agent loop sends to vLLM is logged with
+  its start and end (`<dir>/requests.<pid>.jsonl`) beside the trainer's events (`<dir>/trainer-events.jsonl`),
+  so that `bench/bench_ppo_gpu.py` can split a step's rollout into dispatch, the requests' window, and the tail
+  after the last response.
 - The workers: one call of each training-worker method (the actor's and the critic's `train_mini_batch` and
-  `infer_batch`: updates, old log-probs, values) runs under torch's profiler, the `LLM_BRIDGE_PROFILE_CALL`-th
-  call (default 3, i.e. the third step: after compilation, before the last). Its summary goes to
-  `<dir>/<model class>.<method>.txt`: wall time, the GPU's busy time (the sum of kernel times: one stream) and the
-  kernels and operators that took it. A profile that fails is reported, never fatal.
+  `infer_batch`: one call a step each for updates, old log-probs, values) runs under torch's profiler, the
+  `LLM_BRIDGE_PROFILE_CALL`-th call (default 3; the benchmark profiles its last step and leaves that step out of
+  its medians). Its summary goes to `<dir>/<model class>.<method>.txt`: wall time, the GPU's kernel time, the
+  kernels and operators that took it, and the Python stacks of the host-device synchronisations (each one
+  drains the GPU's queue). A profile that fails is reported, never fatal.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,34 +33,87 @@ PROFILE_CALL = int(os.environ.get("LLM_BRIDGE_PROFILE_CALL", "3"))
 TOP = 30
 
 
-def _time_untimed_phases(trainer_base) -> None:
+def _append(name: str, record: dict) -> None:
+    """One line of `record` in <dir>/name; a log that cannot be written is skipped, never fatal."""
+    try:
+        Path(PROFILE_DIR).mkdir(parents=True, exist_ok=True)
+        with (Path(PROFILE_DIR) / name).open("a") as out:
+            out.write(json.dumps(record) + "\n")
+    except OSError as error:
+        print(f"[llm-bridge] {name} not written: {error}", flush=True)
+
+
+def _timed(name: str, method):
+    """method under verl's marked_timer `name` (a timing_s/<name> metric) and logged as a trainer event."""
     from verl.utils.debug import marked_timer
 
-    def timed(name: str, method):
-        @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
-            timing = getattr(self, "timing_raw", None)
-            if timing is None:
-                return method(self, *args, **kwargs)
-            # _balance_batch runs once per step; `timing` accumulates if a trainer calls it more than once
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        timing = getattr(self, "timing_raw", None)
+        if timing is None:
+            return method(self, *args, **kwargs)
+        start = time.time()
+        try:
             with marked_timer(name, timing):
                 return method(self, *args, **kwargs)
-        return wrapper
+        finally:
+            _append("trainer-events.jsonl", {"event": name, "t0": start, "t1": time.time()})
+    return wrapper
 
+
+def _time_untimed_phases(trainer_base) -> None:
     cls = trainer_base.PPOTrainer
-    cls.prepare_step = timed("prepare", cls.prepare_step)
-    cls._balance_batch = timed("balance", cls._balance_batch)
+    cls.prepare_step = _timed("prepare", cls.prepare_step)
+    cls._balance_batch = _timed("balance", cls._balance_batch)
+
+
+def _time_rollout_sleep(trainer_module) -> None:
+    for cls in vars(trainer_module).values():
+        if isinstance(cls, type) and "on_sample_end" in vars(cls):
+            cls.on_sample_end = _timed("gen_sleep", cls.on_sample_end)
+
+
+def _log_requests(llm_server) -> None:
+    original = llm_server.LLMServerClient.generate
+
+    @functools.wraps(original)
+    async def generate(self, *args, **kwargs):
+        start = time.time()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            _append(f"requests.{os.getpid()}.jsonl", {"t0": start, "t1": time.time()})
+
+    llm_server.LLMServerClient.generate = generate
+
+
+def _seconds(table: str, what: str) -> float | None:
+    """A total from the footer torch prints under a table ("Self CUDA time total: 1.350s")."""
+    found = re.search(rf"Self {what} time total: ([\d.]+)(us|ms|s)\b", table)
+    return float(found[1]) / {"us": 1e6, "ms": 1e3, "s": 1}[found[2]] if found else None
+
+
+def sync_stacks(prof, top: int = 8) -> str:
+    """Where the host waited for the GPU (cudaStreamSynchronize: an .item(), .tolist(), a blocking copy), by
+    Python stack, most frequent first."""
+    syncs = [e for e in prof.key_averages(group_by_stack_n=8) if "Synchronize" in e.key]
+    syncs.sort(key=lambda e: -e.count)
+    return "\n".join(f"{e.count} x {e.key}, {e.cpu_time_total / 1e3:.0f} ms:\n    " + "\n    ".join(e.stack or ["(no stack)"])
+                     for e in syncs[:top]) or "none"
 
 
 def summary(prof, wall_s: float, title: str) -> str:
-    """The profile as text: GPU busy time against wall time, then the top kernels/operators by their own GPU time."""
+    """The profile as text: the GPU's kernel time against wall time, the top kernels/operators by their own GPU
+    time and by their own CPU time, and the synchronisations' stacks."""
     averages = prof.key_averages()
     attr = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
-    busy_s = sum(getattr(e, attr) for e in averages) / 1e6
     table = averages.table(sort_by=attr, row_limit=TOP, max_name_column_width=90)
     cpu_table = averages.table(sort_by="self_cpu_time_total", row_limit=TOP, max_name_column_width=90)
-    return (f"{title}\nwall {wall_s:.3f} s, GPU busy {busy_s:.3f} s ({100 * busy_s / wall_s:.0f} %)\n\n"
-            f"by own GPU time:\n{table}\n\nby own CPU time:\n{cpu_table}\n")
+    # the footer's total, not a sum over all rows: record_function ranges (mini_batch0, ...) carry device time too
+    busy_s = _seconds(table, "CUDA") or _seconds(table, "device")
+    busy = f"GPU kernels {busy_s:.3f} s ({100 * busy_s / wall_s:.0f} % of wall)" if busy_s else "no GPU kernels"
+    return (f"{title}\nwall {wall_s:.3f} s, {busy}\n\nby own GPU time:\n{table}\n\nby own CPU time:\n{cpu_table}\n\n"
+            f"host-device synchronisations by stack:\n{sync_stacks(prof)}\n")
 
 
 def _profile_worker_calls(engine_workers) -> None:
@@ -66,14 +127,16 @@ def _profile_worker_calls(engine_workers) -> None:
             calls[id(self)] = calls.get(id(self), 0) + 1
             if calls[id(self)] != PROFILE_CALL:
                 return method(self, *args, **kwargs)
-            model = type(getattr(getattr(self, "engine", None), "module", None)).__name__
+            # the model inside FSDP's wrapper: actor and critic share one process and both are FSDP modules
+            module = getattr(getattr(self, "engine", None), "module", None)
+            model = type(getattr(module, "module", module)).__name__
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
                 torch.cuda.synchronize()
             with contextlib.ExitStack() as stack:
                 try:
-                    prof = stack.enter_context(torch.profiler.profile(activities=activities))
+                    prof = stack.enter_context(torch.profiler.profile(activities=activities, with_stack=True))
                 except Exception as error:  # noqa: BLE001 (a profile is never worth a failed run)
                     print(f"[llm-bridge] profile of {model}.{name} not taken: {error}", flush=True)
                     return method(self, *args, **kwargs)
@@ -100,3 +163,6 @@ def _profile_worker_calls(engine_workers) -> None:
 if PROFILE_DIR:
     _when_imported("verl.trainer.ppo.v1.trainer_base", _time_untimed_phases)
     _when_imported("verl.workers.engine_workers", _profile_worker_calls)
+    _when_imported("verl.trainer.ppo.v1.trainer_sync", _time_rollout_sleep)
+    _when_imported("verl.trainer.ppo.v1.trainer_colocate_async", _time_rollout_sleep)
+    _when_imported("verl.workers.rollout.llm_server", _log_requests)
