@@ -10,6 +10,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import types
 
 VERL_VERSION_CHECKED = "0.9.1"
 
@@ -119,7 +120,7 @@ class _InProcessReward:
 
     def __init__(self, config):
         self.config, self.worker = config, None
-        self.compute_score = self  # so that `.compute_score.remote(data)` reads as on a Ray handle
+        self.compute_score = types.SimpleNamespace(remote=self._score)  # `.compute_score.remote(data)`, as on a handle
 
     async def _score(self, data):
         if self.worker is None:
@@ -127,9 +128,6 @@ class _InProcessReward:
 
             self.worker = RewardLoopWorker(self.config)
         return await self.worker.compute_score(data)
-
-    def remote(self, data):
-        return self._score(data)
 
 
 def _reward_in_the_agent_loop(agent_loop) -> None:
