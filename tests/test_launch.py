@@ -217,6 +217,27 @@ def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeyp
     assert not (tmp_path / "Linear.infer_batch.txt").exists()  # its first call only
 
 
+def test_phase_profile_names_where_the_host_waits():
+    """Each synchronisation is attributed to the operators around it and the first Python stack above them (a
+    CUDA runtime call has none of its own). On the CPU no call synchronises: the .item() operator stands in."""
+    import torch
+
+    from llm_bridge import phase_profile
+
+    def metric(x):
+        return (x * 2).sum().item()  # the line the attribution must name
+
+    with phase_profile.profiler([torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            metric(torch.ones(16))
+    text = phase_profile.sync_stacks(prof, is_sync=lambda name: name == "aten::_local_scalar_dense")
+    first = text.splitlines()[:3]
+    assert first[0].startswith("3 x aten::_local_scalar_dense in aten::item"), text
+    assert first[1].strip() == "<built-in method item of Tensor object>", text  # one group, whatever the tensor
+    assert "test_launch.py" in first[2] and first[2].endswith(": metric"), text
+    assert phase_profile.sync_stacks(prof) == "none"  # no CUDA synchronisation on the CPU
+
+
 def test_phase_profile_logs_trainer_events_and_rollout_requests(tmp_path, monkeypatch):
     """The rollout's split needs the trainer's phases (as verl timers and as timestamped events) and every request
     the agent loop sends to vLLM; the folder is made on first use, and results pass through unchanged."""

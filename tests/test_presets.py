@@ -70,6 +70,7 @@ def test_sft_command_is_accepted_by_verls_own_config(name, tmp_path):
     assert cfg.trainer.nnodes == preset["nnodes"] and cfg.trainer.n_gpus_per_node == preset["procs_per_node"]
     assert cfg.data.micro_batch_size_per_gpu == settings["micro_batch_size_per_gpu"]
     assert cfg.engine.dtype == "bfloat16"  # bf16 compute on GPUs (the CPU preset computes in fp32)
+    assert cfg.optim.lr_scheduler_type == settings["lr_scheduler"] == "cosine"  # the config's key reaches verl
     assert "attn_implementation" in cfg.model.override_config or launch.attention_fallback([], [""]) == []
 
 

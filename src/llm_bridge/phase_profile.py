@@ -93,13 +93,33 @@ def _seconds(table: str, what: str) -> float | None:
     return float(found[1]) / {"us": 1e6, "ms": 1e3, "s": 1}[found[2]] if found else None
 
 
-def sync_stacks(prof, top: int = 8) -> str:
-    """Where the host waited for the GPU (cudaStreamSynchronize: an .item(), .tolist(), a blocking copy), by
-    Python stack, most frequent first."""
-    syncs = [e for e in prof.key_averages(group_by_stack_n=8) if "Synchronize" in e.key]
-    syncs.sort(key=lambda e: -e.count)
-    return "\n".join(f"{e.count} x {e.key}, {e.cpu_time_total / 1e3:.0f} ms:\n    " + "\n    ".join(e.stack or ["(no stack)"])
-                     for e in syncs[:top]) or "none"
+def _is_sync(name: str) -> bool:
+    return "Synchronize" in name  # cudaStreamSynchronize, cudaDeviceSynchronize
+
+
+def sync_stacks(prof, top: int = 8, is_sync=_is_sync) -> str:
+    """Where the host waited for the GPU (an .item(), .tolist(), nonzero, a blocking copy), most frequent first.
+    A CUDA runtime call carries no Python stack itself: each is attributed to the operators around it (innermost
+    first) up to the first one that has a stack, and that stack without torch's own frames."""
+    groups: dict[tuple, list] = {}
+    for event in prof.events():
+        if not is_sync(event.name):
+            continue
+        ops, outer = [], event.cpu_parent
+        while outer is not None and not outer.stack:
+            ops.append(outer.name)
+            outer = outer.cpu_parent
+        stack = ()
+        if outer is not None:
+            ops.append(outer.name)
+            stack = tuple(re.sub(r" at 0x[0-9a-f]+", "", f) for f in outer.stack if "site-packages/torch/" not in f)[:6]
+        key = (event.name, " < ".join(ops[:4]) or "(no operator)", stack)
+        count_time = groups.setdefault(key, [0, 0.0])
+        count_time[0] += 1
+        count_time[1] += event.cpu_time_total
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
+    return "\n".join(f"{count} x {name} in {ops}, {total_us / 1e3:.0f} ms:\n    " + "\n    ".join(stack or ["(no Python stack)"])
+                     for (name, ops, stack), (count, total_us) in ranked) or "none"
 
 
 def summary(prof, wall_s: float, title: str) -> str:
@@ -114,6 +134,16 @@ def summary(prof, wall_s: float, title: str) -> str:
     busy = f"GPU kernels {busy_s:.3f} s ({100 * busy_s / wall_s:.0f} % of wall)" if busy_s else "no GPU kernels"
     return (f"{title}\nwall {wall_s:.3f} s, {busy}\n\nby own GPU time:\n{table}\n\nby own CPU time:\n{cpu_table}\n\n"
             f"host-device synchronisations by stack:\n{sync_stacks(prof)}\n")
+
+
+def profiler(activities):
+    """torch's profiler with each operator's Python stack: `with_stack` alone leaves FunctionEvent.stack empty
+    (torch 2.11); the verbose experimental config fills it."""
+    import torch
+    from torch._C._profiler import _ExperimentalConfig
+
+    return torch.profiler.profile(activities=activities, with_stack=True,
+                                  experimental_config=_ExperimentalConfig(verbose=True))
 
 
 def _profile_worker_calls(engine_workers) -> None:
@@ -136,7 +166,7 @@ def _profile_worker_calls(engine_workers) -> None:
                 torch.cuda.synchronize()
             with contextlib.ExitStack() as stack:
                 try:
-                    prof = stack.enter_context(torch.profiler.profile(activities=activities, with_stack=True))
+                    prof = stack.enter_context(profiler(activities))
                 except Exception as error:  # noqa: BLE001 (a profile is never worth a failed run)
                     print(f"[llm-bridge] profile of {model}.{name} not taken: {error}", flush=True)
                     return method(self, *args, **kwargs)
