@@ -59,6 +59,9 @@ ROWS = {
     # bypass mode needs them, so the old log-prob pass comes back, and verl's rollout_corr/* metrics go
     "tuned-no-rollout-logprobs": ({}, ["actor_rollout_ref.rollout.calculate_log_probs=False",
                                        "algorithm.rollout_correction.bypass_mode=False"], {}),
+    # verl's requests to the vLLM server: detokenized text and log-prob tokens, an output after every decode step
+    # (llm_bridge.seeded_rollout asks for the final token ids and log-probs only)
+    "tuned-full-outputs": ({}, [], {"LLM_BRIDGE_FULL_ROLLOUT_OUTPUTS": "1"}),
     # FSDP2 (per-parameter DTensor sharding) for actor and critic instead of FSDP1's flat parameters
     "tuned-fsdp2": ({}, ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp2"], {}),
 }

@@ -28,11 +28,12 @@ def prompts_from(parquet: Path, tokenizer, n: int) -> list[list[int]]:
             for r in rows]
 
 
-def generate(llm, prompts, max_tokens: int, logprobs: int | None, seed: int = 0):
+def generate(llm, prompts, max_tokens: int, logprobs: int | None, seed: int | None = 0, **fields):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs, seed=seed)
+    params = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs, seed=seed,
+                            **fields)
     start = time.perf_counter()
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     return outs, time.perf_counter() - start
@@ -84,8 +85,12 @@ def main() -> None:
     result = {"engine_start_s": time.perf_counter() - start, "prompts": len(prompts), "max_tokens": args.max_tokens,
               "vocab_rows": llm.llm_engine.model_config.get_vocab_size(), "tokenizer_ids": len(tokenizer)}
     generate(llm, prompts[:16], 16, 0)  # warm-up: the sampler's Triton kernels compile on first use
-    for label, logprobs in (("gen_s_with_logprobs", 0), ("gen_s_without_logprobs", None), ("gen_s_with_logprobs_again", 0)):
-        outs, seconds = generate(llm, prompts, args.max_tokens, logprobs)
+    lean = {"detokenize": False, "flat_logprobs": True}  # what llm_bridge.seeded_rollout asks of verl's server
+    for label, logprobs, fields in (("gen_s_with_logprobs", 0, {}), ("gen_s_without_logprobs", None, {}),
+                                    ("gen_s_lean_with_logprobs", 0, lean), ("gen_s_lean_unseeded_with_logprobs", 0,
+                                                                           {**lean, "seed": None}),
+                                    ("gen_s_with_logprobs_again", 0, {})):
+        outs, seconds = generate(llm, prompts, args.max_tokens, logprobs, **fields)
         result[label] = seconds
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     result["generated_tokens"] = tokens

@@ -15,7 +15,8 @@
 #   bench-ppo=ROWS       bench/bench_ppo_gpu.py (PPO: seed vs tuned) with those rows, in the time left;
 #                        KEEP=ROW saves that row's checkpoint for chain-post; SEED_STEPS=N the seed row's steps, PPO_STEPS=N the others'
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
-#   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement)
+#   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
+#                        PPO_MODEL=DIR the model, as for bench-ppo)
 #   bg TASK...           run the tasks after it detached (setsid: they outlive this call, up to BG_LIMIT s), so
 #                        work longer than one call's 10 minutes goes on while later calls `wait`
 #   wait=SECONDS         wait for the detached tasks (at most SECONDS), then bring back their results so far
@@ -153,7 +154,7 @@ EOF
       cp /tmp/bench-ppo/table.md /tmp/bench-ppo/results.json "$OUT/" 2>/dev/null
       pack "$OUT/bench-ppo-logs.tgz" bench-ppo ;;
     check-rollout)
-      python3 scripts/gpu/check_rollout.py --model "$WORK/sft/model" --prompts "$WORK/parquet/train.parquet" \
+      python3 scripts/gpu/check_rollout.py --model "${PPO_MODEL:-$WORK/sft/model}" --prompts "$WORK/parquet/train.parquet" \
         --out "$OUT/check_rollout.json" > "$LOGS/check_rollout.log" 2>&1; echo "check-rollout exit $?" | tee -a "$OUT/info.txt"
       grep -E "^\[check\]|Error|error:" "$LOGS/check_rollout.log" | tail -8 | tee -a "$OUT/info.txt" ;;
     rollout-probe)
