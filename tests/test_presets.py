@@ -202,7 +202,7 @@ def test_gpu_support_registers_varlen_attention():
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "varlen"])
-def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn):
+def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn, monkeypatch):
     """verl 0.9.1's critic loader asks for flash_attention_2 whatever the config says, and fails without the
     flash_attn package (every CPU, the lent H200); llm_bridge.verl_fixes makes it honour the configured one."""
     import importlib.util
@@ -228,6 +228,19 @@ def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn):
     assert critic.config._attn_implementation == attn
     values = critic(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
     assert values.shape == (1, 4, 1)  # one value per token: the critic's head
+
+    # The new value head is drawn from the run's seed, whatever the process's random state (verl seeds nothing
+    # before building the critic), and leaves that state as it was.
+    def head(seed: str, process_seed: int) -> torch.Tensor:
+        monkeypatch.setenv("LLM_BRIDGE_SEED", seed)
+        torch.manual_seed(process_seed)
+        state = torch.random.get_rng_state()
+        weight = model_utils.load_valuehead_model(tiny_tokenizer_dir, torch.float32, value_config(), False).score.weight
+        assert torch.equal(torch.random.get_rng_state(), state)
+        return weight.detach()
+
+    assert torch.equal(head("3", process_seed=1), head("3", process_seed=2))
+    assert not torch.equal(head("3", process_seed=1), head("4", process_seed=1))
 
 
 def test_ppo_trainer_polls_for_the_rollout_often():

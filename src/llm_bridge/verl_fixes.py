@@ -46,7 +46,12 @@ def _critic_attention_as_configured() -> None:
     package (the lent H200 machine, any cluster that did not build it, every CPU) the load fails and verl reports a
     misleading "is not a value head model, please install trl". verl has already put the configured
     implementation into the model config (HFModelConfig: AutoConfig.from_pretrained(attn_implementation=...)):
-    load with that one."""
+    load with that one.
+
+    The value head (a new layer: the checkpoint has no weights for it) is initialised from torch's global random
+    state, which verl does not seed before building the critic: two runs with the same seed and identical rollouts
+    got different values at step 1 and parted from there. It is drawn here from the run's seed (LLM_BRIDGE_SEED,
+    set by llm_bridge.ppo), without touching the process's random state."""
     import verl.utils.model as model_utils
 
     original = model_utils.load_valuehead_model
@@ -55,14 +60,18 @@ def _critic_attention_as_configured() -> None:
 
     @functools.wraps(original)
     def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
-        configured = getattr(model_config, "_attn_implementation", None)
-        if configured in (None, "flash_attention_2"):
-            return original(local_path, torch_dtype, model_config, trust_remote_code)
-        from transformers import AutoModelForTokenClassification
+        import torch
 
-        return AutoModelForTokenClassification.from_pretrained(
-            local_path, torch_dtype=torch_dtype, config=model_config, attn_implementation=configured,
-            trust_remote_code=trust_remote_code)
+        configured = getattr(model_config, "_attn_implementation", None)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(os.environ.get("LLM_BRIDGE_SEED", "0")))
+            if configured in (None, "flash_attention_2"):
+                return original(local_path, torch_dtype, model_config, trust_remote_code)
+            from transformers import AutoModelForTokenClassification
+
+            return AutoModelForTokenClassification.from_pretrained(
+                local_path, torch_dtype=torch_dtype, config=model_config, attn_implementation=configured,
+                trust_remote_code=trust_remote_code)
 
     model_utils.load_valuehead_model = load_valuehead_model
 
