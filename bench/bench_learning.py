@@ -2,7 +2,7 @@
 prints, per seed and on average: mean reward over the first and last quarter of PPO steps, eval accuracy of
 base / SFT / PPO, wall and CPU time, peak memory.
 
-    python bench/bench_learning.py [--keep DIR] [--seeds 0 1 2] [--config KEY=VALUE ...]
+    python bench/bench_learning.py [--keep DIR] [--seeds 0 1 2] [--config KEY=VALUE ...] [--configfile FILE]
 Record the output in docs/benchmarks.md with the date and the machine (say whether it was shared).
 """
 from __future__ import annotations
@@ -19,8 +19,10 @@ from rich.table import Table
 from llm_bridge.metrics import quarter_means
 
 
-def run_seed(workdir: Path, seed: int, extra: list[str]) -> dict:
-    wall, peak, _, cpu = run_measured(snakemake_cmd("all", "--config", f"seed={seed}", f"run_name=seed{seed}", *extra), workdir)
+def run_seed(workdir: Path, seed: int, extra: list[str], configfile: Path | None = None) -> dict:
+    files = ["--configfile", str(configfile.resolve())] if configfile else []
+    wall, peak, _, cpu = run_measured(snakemake_cmd("all", *files, "--config", f"seed={seed}", f"run_name=seed{seed}", *extra),
+                                      workdir)
     run = workdir / "runs" / f"seed{seed}"
     rewards = [s["critic/score/mean"] for s in json.loads((run / "ppo" / "result.json").read_text())["metrics"]]
     first, last = quarter_means(rewards)
@@ -34,17 +36,19 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary folder)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--config", nargs="*", default=[], help="extra snakemake --config KEY=VALUE pairs")
+    parser.add_argument("--configfile", type=Path, help="a YAML file merged over config/config.yaml (nested keys)")
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="llm-bridge-learning-"))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        rows.append(run_seed(workdir, seed, args.config))
+        rows.append(run_seed(workdir, seed, args.config, args.configfile))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "models"}
                          | {m: r["accuracy"] for m, r in rows[-1]["models"].items()}), flush=True)
 
     names = list(rows[0]["models"])
-    table = Table(title="PPO learning in the embedded default" + (f" ({' '.join(args.config)})" if args.config else ""))
+    table = Table(title="PPO learning in the embedded default" + (f" ({' '.join(args.config)})" if args.config else "")
+                  + (f" ({args.configfile})" if args.configfile else ""))
     for column in ["seed", "reward first 1/4", "reward last 1/4", "gain", *[f"eval {m}" for m in names], "PPO - SFT",
                    "wall s", "CPU s", "peak GiB"]:
         table.add_column(column, justify="right")
