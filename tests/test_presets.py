@@ -243,6 +243,49 @@ def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn, mo
     assert not torch.equal(head("3", process_seed=1), head("4", process_seed=1))
 
 
+def test_responses_are_cut_out_without_a_loop_over_samples():
+    """verl 0.9.1's no_padding_2_padding (every PPO loss: the actor's log-probs, the critic's values) loops over the
+    samples with three host-device syncs each; llm_bridge.verl_fixes replaces it, where verl's losses import it,
+    with one gather. Same values and gradients as verl's loop for packed (nested) and padded batches, values with
+    and without a trailing dimension, float32 and bfloat16, a response shorter than the batch's longest."""
+    import subprocess
+    import sys
+
+    script = """
+import torch, verl
+from tensordict import TensorDict
+from verl.workers.utils import losses, padding
+fast, loop = losses.no_padding_2_padding, padding.no_padding_2_padding.__wrapped__
+assert fast is padding.no_padding_2_padding and fast is not loop, "verl's losses still use the loop"
+torch.manual_seed(0)
+prompt_lens, response_lens = [5, 3, 7, 2], [4, 6, 1, 6]
+nested = lambda lens: torch.nested.nested_tensor_from_jagged(torch.randint(0, 50, (sum(lens),)),
+                                                             offsets=torch.tensor([0] + lens).cumsum(0))
+packed = TensorDict({"prompts": nested(prompt_lens), "responses": nested(response_lens)}, batch_size=[4])
+mask = torch.zeros(4, 13, dtype=torch.long)
+for i, (p, r) in enumerate(zip(prompt_lens, response_lens)):
+    mask[i, 7 - p:7 + r] = 1
+padded = TensorDict({"prompts": torch.zeros(4, 7), "responses": torch.zeros(4, 6), "attention_mask": mask}, batch_size=[4])
+rows = sum(prompt_lens) + sum(response_lens)
+for data in (packed, padded):
+    for shape in ((rows,), (rows, 3)):
+        for dtype in (torch.float32, torch.bfloat16):
+            base = torch.randn(*shape).to(dtype)
+            a, b = base.clone().requires_grad_(), base.clone().requires_grad_()
+            out_loop, out_fast = loop(a, data), fast(b, data)
+            assert out_fast.shape == out_loop.shape == (4, 6, *shape[1:]) and out_fast.dtype == dtype
+            assert torch.equal(out_fast, out_loop), (shape, dtype)
+            weights = torch.randn(out_loop.shape).to(dtype)
+            (out_loop * weights).sum().backward(); (out_fast * weights).sum().backward()
+            assert torch.equal(a.grad, b.grad), (shape, dtype)
+print("same")
+"""
+    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.sft / ppo give verl's processes
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "same"
+
+
 def test_ppo_trainer_polls_for_the_rollout_often():
     """verl 0.9.1's PPO trainer waits for the rollout by polling its ReplayBuffer every 2 s, so generation took a
     whole number of 2-s polls (4.02 s a step on CPU, 4.08 or 6.09 s on the H200). Through verl's plugin variable,

@@ -121,6 +121,43 @@ def _replay_buffer_polls_often(replay_buffer) -> None:
     replay_buffer.ReplayBuffer.__init__ = __init__
 
 
+def _responses_cut_out_at_once(padding) -> None:
+    """verl 0.9.1's `no_padding_2_padding` cuts each response's log-probs or values out of the packed model output
+    in a Python loop over the samples, with 0-d GPU tensors as slice bounds and pad size: three host-device
+    synchronisations a sample, 772 of the 932 in one H200 actor update (and as many in the critic's), each keeping
+    the host from queuing the loss and the backward while the GPU works (docs/benchmarks.md, "Lean rollout
+    outputs"). The same cut as one gather: every response position indexes the packed rows (shifted left by one
+    token, as verl's), padding positions an appended zero row. Same values and gradients; verl's two input
+    checks become device-side asserts. Patched where verl defines it, before its users import the name."""
+    import torch
+    from verl.utils import tensordict_utils as tu
+
+    def no_padding_2_padding(tensor, data):
+        values = tensor.values() if tensor.is_nested else tensor
+        prompt_ids, response_ids = data["prompts"], data["responses"]
+        max_response_len = tu.get_non_tensor_data(data=data, key="max_response_len", default=-1)
+        if prompt_ids.is_nested:
+            prompt_lens, response_lens = prompt_ids.offsets().diff(), response_ids.offsets().diff()
+            if max_response_len < 0:
+                max_response_len = int(response_lens.max().item())
+        else:
+            attention_mask = data["attention_mask"]
+            prompt_lens = attention_mask[:, : prompt_ids.shape[1]].sum(dim=1)
+            response_lens = attention_mask[:, prompt_ids.shape[1]:].sum(dim=1)
+            max_response_len = response_ids.shape[1]
+        prompt_lens, response_lens = prompt_lens.to(values.device), response_lens.to(values.device)
+        ends = (prompt_lens + response_lens).cumsum(dim=0)
+        torch._assert_async(ends[-1] == values.shape[0], "no_padding_2_padding: the lengths do not add up to the rows")
+        torch._assert_async(~prompt_lens.eq(0).any(), "no_padding_2_padding: an empty prompt")
+        position = torch.arange(max_response_len, device=values.device)
+        rows = (ends - response_lens - 1).unsqueeze(1) + position
+        rows = torch.where(position < response_lens.unsqueeze(1), rows, values.shape[0])
+        return torch.cat([values, values.new_zeros((1, *values.shape[1:]))])[rows]
+
+    no_padding_2_padding.__wrapped__ = padding.no_padding_2_padding
+    padding.no_padding_2_padding = no_padding_2_padding
+
+
 class _InProcessReward:
     """Stands in for a Ray handle of verl's RewardLoopWorker: `handle.compute_score.remote(data)` returns an
     awaitable, as a Ray call does, but scores in this process. The worker is built on the first call, inside the
@@ -158,4 +195,5 @@ def _reward_in_the_agent_loop(agent_loop) -> None:
 _resume_at_epoch_boundary()
 _critic_attention_as_configured()
 _when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
+_when_imported("verl.workers.utils.padding", _responses_cut_out_at_once)
 _when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_loop)
