@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         ray_env.update({k: os.environ.get(k, v) for k, v in GLIBC_HEAP.items()})
     metrics_path = metrics.new_log_path(work)
     env = launch.child_env({**params.get("env", {}), **logger_env, "VERL_FILE_LOGGER_PATH": str(metrics_path),
-                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", "LLM_BRIDGE_SEED": str(params["seed"]), **ray_env}, cluster["procs_per_node"],
-                           verl_modules=("llm_bridge.verl_fixes",))
+                            "LLM_BRIDGE_VLLM_ROLLOUT": "1", "LLM_BRIDGE_SEED": str(params["seed"]), **ray_env},
+                           cluster["procs_per_node"], verl_modules=("llm_bridge.verl_fixes",))
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
     total = launch.planned_steps(params["ppo"], args.data_dir / "train.parquet")
     progress = console.StageProgress("ppo", metrics_path, total, resume_step)
