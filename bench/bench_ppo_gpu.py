@@ -62,6 +62,8 @@ ROWS = {
     # verl's requests to the vLLM server: detokenized text and log-prob tokens, an output after every decode step
     # (llm_bridge.seeded_rollout asks for the final token ids and log-probs only)
     "tuned-full-outputs": ({}, [], {"LLM_BRIDGE_FULL_ROLLOUT_OUTPUTS": "1"}),
+    # verl's per-sample loop in no_padding_2_padding (llm_bridge.verl_fixes cuts the responses out in one gather)
+    "tuned-verl-padding": ({}, [], {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"}),
     # FSDP2 (per-parameter DTensor sharding) for actor and critic instead of FSDP1's flat parameters
     "tuned-fsdp2": ({}, ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp2"], {}),
 }

@@ -284,6 +284,11 @@ print("same")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-1] == "same"
+    # the benchmark's baseline row keeps verl's loop
+    check = "from verl.workers.utils import losses, padding; print(hasattr(losses.no_padding_2_padding, '__wrapped__'))"
+    kept = subprocess.run([sys.executable, "-c", check], env=env | {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert kept.stdout.split()[-1] == "False", kept.stderr[-3000:]
 
 
 def test_ppo_trainer_polls_for_the_rollout_often():

@@ -128,7 +128,10 @@ def _responses_cut_out_at_once(padding) -> None:
     the host from queuing the loss and the backward while the GPU works (docs/benchmarks.md, "Lean rollout
     outputs"). The same cut as one gather: every response position indexes the packed rows (shifted left by one
     token, as verl's), padding positions an appended zero row. Same values and gradients; verl's two input
-    checks become device-side asserts. Patched where verl defines it, before its users import the name."""
+    checks become device-side asserts. Patched where verl defines it, before its users import the name.
+    LLM_BRIDGE_VERL_PADDING_LOOP=1 keeps verl's loop (the benchmark's baseline row)."""
+    if os.environ.get("LLM_BRIDGE_VERL_PADDING_LOOP") == "1":
+        return
     import torch
     from verl.utils import tensordict_utils as tu
 
