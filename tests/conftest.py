@@ -29,7 +29,7 @@ def default_config() -> dict:
 def light_ppo(config: dict) -> dict:
     """PPO for the tests of the chain's plumbing (stages, resume, SLURM, sweeps): the default's algorithm and
     learning rates at a small batch, 8 prompts of 1 rollout (about 2.5 s a step on 2 cores against 10 s for the
-    default's 16 x 8).
+    default's 32 x 4).
     tests/test_learning.py runs the default's own settings, which are chosen to learn."""
     config["ppo"].update(train_batch_size=8, rollout_n=1, ppo_mini_batch_size=8, ppo_micro_batch_size_per_gpu=8)
     return config

@@ -5,11 +5,13 @@ the PPO model no better than the SFT model; these tests then fail.
 
 What there is to learn: most of the default's SFT demonstrations end "The answer is N." (data.synthetic.
 other_style_fraction), so the SFT model answers that way, and verl's GSM8K reward and the evaluation pay only for
-"#### N". Measured (docs/benchmarks.md, "The default learns", 2 cores): the default's four runs (seeds 0-2,
-seed 0 twice) raised the reward's last quarter +0.127 to +0.148 over the first and the PPO model's greedy accuracy
-22-31 points over the SFT model's (0-1 %); the broken twin whose actor cannot move (experiments/ppo-learns.yaml,
-variant frozen: actor lr 1e-9) rose +0.013 (earlier frozen runs: -0.016 to +0.009) and scored the SFT model's 1 %,
-failing both tests. The margins sit between the two: +0.06 reward, +10 points accuracy (issue 13's target).
+"#### N". Measured (docs/benchmarks.md, 2 cores): with the default's 32 prompts x 4 rollouts a step, four runs
+(seeds 0-2, seed 0 twice) raised the reward's last quarter +0.107 to +0.174 over the first and the PPO model's
+greedy accuracy 26.5-47 points over the SFT model's (0 %). The earlier 16 x 8 did +0.099 to +0.172 on most SFT
+models but +0.039 to +0.068 in three runs from one (seed 0 on an AMD Zen 4 VM): a step's mean reward over 16
+prompts carries their difficulty. The broken twin whose actor cannot move (experiments/ppo-learns.yaml, variant
+frozen: actor lr 1e-9) rose +0.013 (earlier frozen runs: -0.016 to +0.009) and scored the SFT model's 1 %,
+failing both tests. The margins sit between the two: +0.05 reward, +10 points accuracy (issue 13's target).
 
 To hold a finished run to the same checks instead of running the default (e.g. the frozen variant, which must
 fail): LLM_BRIDGE_LEARNING_RUN=runs/ppo-learns/frozen pytest tests/test_learning.py
@@ -28,7 +30,7 @@ from llm_bridge.metrics import quarter_means
 # The whole default chain, once for both tests (about 7 minutes on 2 idle cores).
 pytestmark = pytest.mark.e2e
 
-REWARD_GAIN_MIN = 0.06    # last-quarter minus first-quarter mean reward
+REWARD_GAIN_MIN = 0.05    # last-quarter minus first-quarter mean reward
 ACCURACY_GAIN_MIN = 0.10  # PPO eval accuracy minus SFT's (greedy, the same 200 test problems)
 
 
