@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SNAKEMAKE, default_config, light_ppo, snakemake, write_config
+from llm_bridge import metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +50,15 @@ def start(workdir: Path, configfile: Path, target: str) -> subprocess.Popen:
 
 
 def kill_after_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, sig: int, timeout: float = 600, at_step: int = 1) -> int:
-    """Wait until verl has recorded a checkpoint (of step `at_step` or later), then signal the whole process tree
-    (snakemake and below)."""
+    """Wait until verl has recorded a checkpoint (of step `at_step` or later) and logged that step's metrics, then
+    signal the whole process tree (snakemake and below). verl 0.9.1's PPO loop saves the checkpoint, then syncs the
+    weights to vLLM, then logs the step: a kill in between loses that step's metrics record (the run resumes after
+    it), so the kill waits for the record the test then expects to find kept."""
     deadline = time.monotonic() + timeout
-    while tracker_step(ckpt_dir) < at_step:
+    while (step := tracker_step(ckpt_dir)) < at_step or max((m["step"] for m in metrics.collect(ckpt_dir)), default=0) < step:
         assert proc.poll() is None, "training finished or failed before the checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within the timeout"
         time.sleep(0.1)
-    step = tracker_step(ckpt_dir)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=120)
     return step
