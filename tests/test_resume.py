@@ -44,6 +44,11 @@ def tracker_step(ckpt_dir: Path) -> int:
         return 0
 
 
+def logged_step(ckpt_dir: Path) -> int:
+    """The last step whose metrics verl's file logger has written (the jsonl files beside the checkpoints)."""
+    return max((m["step"] for m in metrics.collect(ckpt_dir)), default=0)
+
+
 def start(workdir: Path, configfile: Path, target: str) -> subprocess.Popen:
     cmd = SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile), "--cores", "2", target]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -55,7 +60,7 @@ def kill_after_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, sig: int, time
     weights to vLLM, then logs the step: a kill in between loses that step's metrics record (the run resumes after
     it), so the kill waits for the record the test then expects to find kept."""
     deadline = time.monotonic() + timeout
-    while (step := tracker_step(ckpt_dir)) < at_step or max((m["step"] for m in metrics.collect(ckpt_dir)), default=0) < step:
+    while (step := tracker_step(ckpt_dir)) < at_step or logged_step(ckpt_dir) < step:
         assert proc.poll() is None, "training finished or failed before the checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within the timeout"
         time.sleep(0.1)
