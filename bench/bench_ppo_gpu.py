@@ -70,9 +70,10 @@ ROWS = {
 
 
 def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False,
-               profile_dir: Path | None = None) -> str:
-    """The row's params JSON; with profile_dir, llm_bridge.phase_profile times what verl leaves untimed and
-    profiles one call of each training-worker method into that folder: the last step's (left out of the medians)."""
+               profile_dir: Path | None = None, profile_last_step: bool = False) -> str:
+    """The row's params JSON; with profile_dir, llm_bridge.phase_profile times what verl leaves untimed and logs
+    the rollout's requests into that folder, and with profile_last_step also profiles the last step's call of each
+    training-worker method (that step is left out of the medians)."""
     from prepare_run import params_for
 
     settings, extra, env = ROWS[name]
@@ -83,7 +84,7 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
     preset["env"] = {**preset.get("env", {}), **env}
     if profile_dir:
         modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir), LLM_BRIDGE_PROFILE_CALL=str(steps),
+        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir), LLM_BRIDGE_PROFILE_CALL=str(steps if profile_last_step else 0),
                              VERL_USE_EXTERNAL_MODULES=",".join([*modules, "llm_bridge.phase_profile"]))
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
 
@@ -92,8 +93,9 @@ def run_row(name: str, args, deadline: float) -> dict:
     out = args.out / name
     params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length,
                         keep=name == args.keep,
-                        # the seed row is the baseline, not a subject: no profile (its 2-3 steps are all measured)
-                        profile_dir=None if name == "seed" else (out / "profile").resolve())
+                        # the seed row is the baseline, not a subject: no timers of ours
+                        profile_dir=None if name == "seed" else (out / "profile").resolve(),
+                        profile_last_step=name in args.profile)
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
@@ -113,7 +115,7 @@ def run_row(name: str, args, deadline: float) -> dict:
     steps = metrics.collect(out / "checkpoints")
     row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps)
     # not the first step (compilation, CUDA graphs) nor the last (profiled, and the --keep row's checkpoint)
-    last_is_special = name != "seed" or name == args.keep  # profiled, or saving the checkpoint
+    last_is_special = name in args.profile or name == args.keep  # profiled, or saving the checkpoint
     measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:] or steps
     if not measured:
         return {**row, "error": f"exit {code}: no step logged (see {name}.log)"}
@@ -212,11 +214,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--seed-steps", type=int, default=3)
     parser.add_argument("--keep", default="", help="the row whose checkpoint is saved (for merged_model/evaluate)")
+    # the profiled step (torch's profiler with Python stacks on three training-worker calls) took 200-227 s of GPU
+    # time on 2026-12-06: profile one row of a run, not all
+    parser.add_argument("--profile", default="", help="rows whose last step runs under the profiler (comma-separated)")
     parser.add_argument("--deadline", type=float, default=540, help="seconds for all rows; later rows are skipped")
     parser.add_argument("--min-row-s", type=float, default=330,
                         help="a row starts only with this much of the deadline left (PPO's start-up alone: 4.2-4.7 min)")
     args = parser.parse_args()
     args.model_dir, args.data_dir = args.model_dir.resolve(), args.data_dir.resolve()
+    args.profile = set(filter(None, args.profile.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     shape = model_shape(args.model_dir)
     deadline = time.monotonic() + args.deadline
