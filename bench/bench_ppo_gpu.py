@@ -64,6 +64,9 @@ ROWS = {
     "tuned-full-outputs": ({}, [], {"LLM_BRIDGE_FULL_ROLLOUT_OUTPUTS": "1"}),
     # verl's per-sample loop in no_padding_2_padding (llm_bridge.verl_fixes cuts the responses out in one gather)
     "tuned-verl-padding": ({}, [], {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"}),
+    # the value pass over the whole step (85k tokens) in one micro batch instead of two of at most 64k: the pass is
+    # forward only (no activations kept) and waits on the host (GPU busy 18 % under the profiler, 2026-12-06)
+    "tuned-one-value-batch": ({}, ["critic.forward_max_token_len_per_gpu=131072"], {}),
     # FSDP2 (per-parameter DTensor sharding) for actor and critic instead of FSDP1's flat parameters
     "tuned-fsdp2": ({}, ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp2"], {}),
 }
