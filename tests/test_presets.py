@@ -124,11 +124,13 @@ def test_seed_numbers_are_carried():
 
 @pytest.mark.parametrize("name", GPU_PRESETS)
 def test_gpu_ppo_samples_as_the_seed(name):
-    """The config's PPO sampling (8 responses a prompt at temperature 0.7) is the CPU default's, tuned for its
-    tiny model to learn; a GPU preset that let it through would run 8x the seed's rollout (2048 responses a step)."""
+    """The config's PPO sampling (4 responses a prompt at temperature 0.7, two passes over them) is the CPU
+    default's, tuned for its tiny model to learn; a GPU preset that let it through would run 4x the seed's rollout
+    and twice its updates."""
     settings = fit.stage_settings(base_config(), load(name), "ppo")
     cfg = compose("ppo_trainer", ppo.verl_overrides(settings, Path("m"), Path("d"), Path("c"), cluster(load(name)), 512, 0))
     assert (cfg.actor_rollout_ref.rollout.n, cfg.actor_rollout_ref.rollout.temperature) == (1, 1.0)
+    assert (cfg.actor_rollout_ref.actor.ppo_epochs, cfg.critic.ppo_epochs) == (1, 1)
     assert cfg.data.train_batch_size == 256
 
 
@@ -312,3 +314,37 @@ print(inspect.signature(ReplayBuffer.__init__.__wrapped__).parameters["poll_inte
     assert done.returncode == 0, done.stderr[-2000:]
     verl_default, patched = done.stdout.split()
     assert (float(verl_default), float(patched)) == (2.0, 0.1)
+
+
+def test_one_rollout_server_is_routed_without_a_balancer_process():
+    """verl 0.9.1 routes rollout requests through a Ray actor of its own (GlobalRequestLoadBalancer, 0.65 GiB on the
+    CPU default). With one server, llm_bridge.verl_fixes runs verl's balancer class inside the client's process:
+    it travels to the agent-loop workers as Ray would pickle it, counts requests in flight as verl's does, and
+    refuses to add servers (which a per-process copy cannot share) instead of silently routing past them."""
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, pickle, ray, verl
+from verl.workers.rollout import router
+ray.remote = None  # an actor would need this: the one-server balancer must not start one
+handle = pickle.loads(pickle.dumps(router.get_router_handle(servers={"10.0.0.1:8000": "the-server"})))
+async def route():
+    server = await handle.acquire_server.remote(request_id="a")
+    again = await handle.acquire_server.remote(request_id="a")
+    fields = await handle.require_release_fields.remote()
+    inflight = await handle.get_total_inflight.remote()
+    handle.release_server.remote(server_id=server[0], request_id="a")  # verl does not await it
+    return server, again, fields, inflight, await handle.get_total_inflight.remote()
+print(asyncio.run(route()))
+try:
+    handle.add_servers.remote(servers={"10.0.0.2:8000": "another"})
+except RuntimeError as error:
+    print("refused:", error)
+"""
+    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.ppo gives verl's processes
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    routed, refused = done.stdout.strip().splitlines()[-2:]
+    assert routed == ("(('10.0.0.1:8000', 'the-server'), ('10.0.0.1:8000', 'the-server'), [], 2, 1)")
+    assert refused.startswith("refused:") and "cannot add or remove servers" in refused

@@ -40,6 +40,8 @@ def verl_overrides(ppo: dict, sft_model: Path, data_dir: Path, ckpt_dir: Path, c
         f"actor_rollout_ref.actor.optim.lr={ppo['actor_lr']}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={ppo['ppo_mini_batch_size']}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
+        f"actor_rollout_ref.actor.ppo_epochs={ppo.get('ppo_epochs', 1)}",
+        f"critic.ppo_epochs={ppo.get('ppo_epochs', 1)}",
         f"actor_rollout_ref.rollout.name={ppo['rollout_name']}",
         f"actor_rollout_ref.rollout.n={ppo.get('rollout_n', 1)}",
         f"actor_rollout_ref.rollout.temperature={ppo.get('temperature', 1.0)}",

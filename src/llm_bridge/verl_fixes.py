@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.util
+import inspect
 import os
 import sys
 import types
@@ -161,22 +162,40 @@ def _responses_cut_out_at_once(padding) -> None:
     padding.no_padding_2_padding = no_padding_2_padding
 
 
-class _InProcessReward:
-    """Stands in for a Ray handle of verl's RewardLoopWorker: `handle.compute_score.remote(data)` returns an
-    awaitable, as a Ray call does, but scores in this process. The worker is built on the first call, inside the
-    agent loop's running event loop: verl's reward managers run the tokenizer in `self.loop`'s executor, which
-    must be the loop that awaits them."""
+class _Done:
+    """An awaitable that is already finished: `await _Done(x)` is x."""
 
-    def __init__(self, config):
-        self.config, self.worker = config, None
-        self.compute_score = types.SimpleNamespace(remote=self._score)  # `.compute_score.remote(data)`, as on a handle
+    def __init__(self, value):
+        self.value = value
 
-    async def _score(self, data):
-        if self.worker is None:
-            from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+    def __await__(self):
+        return self.value
+        yield  # a generator: what `await` drives
 
-            self.worker = RewardLoopWorker(self.config)
-        return await self.worker.compute_score(data)
+
+class _LocalHandle:
+    """Stands in for a Ray actor handle inside one process: `handle.method.remote(...)` calls the method here, at
+    once, and returns an awaitable of its result, as `await handle.method.remote(...)` expects (and a call nobody
+    awaits has still happened). The object is built by `make` on the first call, inside the caller's running event
+    loop (verl's reward managers run the tokenizer in `self.loop`'s executor, which must be the loop that awaits
+    them). Methods in `refused` raise `refused[name]`: what a copy in one process cannot do for the others."""
+
+    def __init__(self, make, refused: dict[str, str] | None = None):
+        self._make, self._refused, self._object = make, refused or {}, None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # pickle's probes (__setstate__, ...) before __init__'s attributes exist
+            raise AttributeError(name)
+
+        def remote(*args, **kwargs):
+            if name in self._refused:
+                raise RuntimeError(self._refused[name])
+            if self._object is None:
+                self._object = self._make()
+            result = getattr(self._object, name)(*args, **kwargs)
+            return result if inspect.isawaitable(result) else _Done(result)
+
+        return types.SimpleNamespace(remote=remote)
 
 
 def _reward_in_the_agent_loop(agent_loop) -> None:
@@ -190,9 +209,35 @@ def _reward_in_the_agent_loop(agent_loop) -> None:
     def __init__(self, config, *args, **kwargs):
         original(self, config, *args, **kwargs)
         if self.reward_loop_worker_handles == []:
-            self.reward_loop_worker_handles = [_InProcessReward(config)]
+            from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+            self.reward_loop_worker_handles = [_LocalHandle(functools.partial(RewardLoopWorker, config))]
 
     agent_loop.AgentLoopWorker.__init__ = __init__
+
+
+def _one_server_needs_no_balancer(router) -> None:
+    """verl 0.9.1 routes every rollout request through a Ray actor of its own (GlobalRequestLoadBalancer: sticky
+    sessions and least-in-flight choice among the rollout servers), one more Python process of about 0.65 GiB PSS
+    on the CPU default (issue 13's memory budget). With one rollout server (one GPU, or the CPU default) there is
+    nothing to choose: the same balancer class then runs inside each process that holds verl's server client (the
+    agent-loop workers). verl's async trainers add and remove servers on the shared balancer; a copy a process
+    cannot do that, so those calls fail loudly. Several servers, or a custom router, keep verl's actor."""
+    original = router._create_global_sticky_inflight
+
+    @functools.wraps(original)
+    def create(servers, full_determinism=False, load_balancer_cls=None):
+        if len(servers) != 1 or load_balancer_cls is not router.GlobalRequestLoadBalancer:
+            return original(servers=servers, full_determinism=full_determinism, load_balancer_cls=load_balancer_cls)
+        why = ("llm_bridge.verl_fixes runs verl's load balancer inside each process for a single rollout server; "
+               "it cannot add or remove servers (an async trainer's)")
+        return _LocalHandle(functools.partial(router.GlobalRequestLoadBalancer, servers=dict(servers),
+                                              max_cache_size=router.DEFAULT_ROUTING_CACHE_SIZE,
+                                              full_determinism=full_determinism),
+                            refused={name: why for name in ("add_servers", "remove_servers", "batch_add_servers",
+                                                            "batch_remove_servers")})
+
+    router._create_global_sticky_inflight = create
 
 
 _resume_at_epoch_boundary()
@@ -200,3 +245,4 @@ _critic_attention_as_configured()
 _when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
 _when_imported("verl.workers.utils.padding", _responses_cut_out_at_once)
 _when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_loop)
+_when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
