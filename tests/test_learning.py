@@ -5,9 +5,10 @@ the PPO model no better than the SFT model; these tests then fail.
 
 What there is to learn: most of the default's SFT demonstrations end "The answer is N." (data.synthetic.
 other_style_fraction), so the SFT model answers that way, and verl's GSM8K reward and the evaluation pay only for
-"#### N". Measured (docs/benchmarks.md, 2 cores): with the default's 32 prompts x 4 rollouts a step, four runs
-(seeds 0-2, seed 0 twice) raised the reward's last quarter +0.107 to +0.174 over the first and the PPO model's
-greedy accuracy 26.5-47 points over the SFT model's (0 %). The earlier 16 x 8 did +0.099 to +0.172 on most SFT
+"#### N". Measured (docs/benchmarks.md, 2 cores): with the default's 32 prompts x 4 rollouts a step and two passes
+over them, six runs (seeds 0-2, twice) raised the reward's last quarter +0.133 to +0.260 over the first and the PPO
+model's greedy accuracy 29.5-40.5 points over the SFT model's (0 %); with one pass, seven runs +0.107 to +0.214.
+The earlier 16 x 8 did +0.099 to +0.172 on most SFT
 models but +0.039 to +0.068 in three runs from one (seed 0 on an AMD Zen 4 VM): a step's mean reward over 16
 prompts carries their difficulty. The broken twin whose actor cannot move (experiments/ppo-learns.yaml, variant
 frozen: actor lr 1e-9) rose +0.013 (earlier frozen runs: -0.016 to +0.009) and scored the SFT model's 1 %,
