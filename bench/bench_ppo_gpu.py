@@ -87,7 +87,8 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
     preset["env"] = {**preset.get("env", {}), **env}
     if profile_dir:
         modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir), LLM_BRIDGE_PROFILE_CALL=str(steps if profile_last_step else 0),
+        preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir),
+                             LLM_BRIDGE_PROFILE_CALL=str(steps if profile_last_step else 0),  # 0: no call profiled
                              VERL_USE_EXTERNAL_MODULES=",".join([*modules, "llm_bridge.phase_profile"]))
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
 
