@@ -14,7 +14,8 @@ when `LLM_BRIDGE_PROFILE_DIR` is set, as `bench/bench_ppo_gpu.py` does. Checked 
   `LLM_BRIDGE_PROFILE_CALL`-th call (default 3; 0: none; the benchmark profiles the last step of the rows it is
   asked to, and leaves that step out of their medians: with Python stacks the step takes minutes). Its summary
   goes to `<dir>/<model class>.<method>.txt`: wall time, the GPU's kernel time, the kernels and operators that
-  took it, and the Python stacks of the host-device synchronisations (each one drains the GPU's queue). A profile that fails is reported, never fatal.
+  took it, and the Python stacks of the host-device synchronisations (each one drains the GPU's queue). A
+  profile that fails is reported, never fatal.
 """
 from __future__ import annotations
 
