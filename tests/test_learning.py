@@ -8,11 +8,11 @@ other_style_fraction), so the SFT model answers that way, and verl's GSM8K rewar
 "#### N". Measured (docs/benchmarks.md, 2 cores): with the default's 32 prompts x 4 rollouts a step and two passes
 over them, six runs (seeds 0-2, twice) raised the reward's last quarter +0.133 to +0.260 over the first and the PPO
 model's greedy accuracy 29.5-40.5 points over the SFT model's (0 %); with one pass, seven runs +0.107 to +0.214.
-The earlier 16 x 8 did +0.099 to +0.172 on most SFT
-models but +0.039 to +0.068 in three runs from one (seed 0 on an AMD Zen 4 VM): a step's mean reward over 16
-prompts carries their difficulty. The broken twin whose actor cannot move (experiments/ppo-learns.yaml, variant
-frozen: actor lr 1e-9) rose +0.013 (earlier frozen runs: -0.016 to +0.009) and scored the SFT model's 1 %,
-failing both tests. The margins sit between the two: +0.05 reward, +10 points accuracy (issue 13's target).
+The earlier 16 x 8 did +0.099 to +0.172 on most SFT models but +0.039 to +0.068 in three runs from one (seed 0 on
+an AMD Zen 4 VM): a step's mean reward over 16 prompts carries their difficulty. The broken twin whose actor
+cannot move (actor lr 1e-9) rose +0.010 on the two-pass default and scored the SFT model's 0 % (earlier frozen
+runs, e.g. experiments/ppo-learns.yaml's variant frozen: -0.016 to +0.013), failing both tests. The margins
+sit between the two: +0.05 reward, +10 points accuracy (issue 13's target).
 
 To hold a finished run to the same checks instead of running the default (e.g. the frozen variant, which must
 fail): LLM_BRIDGE_LEARNING_RUN=runs/ppo-learns/frozen pytest tests/test_learning.py
