@@ -94,6 +94,8 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
         modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
         preset["env"].update(LLM_BRIDGE_PROFILE_DIR=str(profile_dir),
                              LLM_BRIDGE_PROFILE_CALL=str(steps if profile_last_step else 0),  # 0: no call profiled
+                             # 0: the timeline and the GPU's idle gaps instead of Python stacks (seconds, not minutes)
+                             LLM_BRIDGE_PROFILE_STACKS=os.environ.get("LLM_BRIDGE_PROFILE_STACKS", "1"),
                              VERL_USE_EXTERNAL_MODULES=",".join([*modules, "llm_bridge.phase_profile"]))
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
 

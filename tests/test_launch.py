@@ -183,9 +183,12 @@ def test_verl_plugin_modules_add_up_with_cpu_support_first(monkeypatch):
         assert modules == ["llm_bridge.cpu_support", *modules[1:]] and len(modules) == 4
 
 
-def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stacks", [True, False])
+def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeypatch, stacks):
     """The worker-side profile: only the configured call runs under torch's profiler, its summary names the
-    model class and the operators that took the time, and every call returns what the method returned."""
+    model class and the operators that took the time, and every call returns what the method returned. Without
+    Python stacks it keeps the timeline instead, as a trace file, and says where the GPU waited."""
+    import json
     import types
 
     import torch
@@ -194,6 +197,7 @@ def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeyp
 
     monkeypatch.setattr(phase_profile, "PROFILE_DIR", str(tmp_path))
     monkeypatch.setattr(phase_profile, "PROFILE_CALL", 2)
+    monkeypatch.setattr(phase_profile, "PROFILE_STACKS", stacks)
 
     class TrainingWorker:  # the two methods verl's engine workers expose, on a real (tiny) model
         def __init__(self):
@@ -215,6 +219,35 @@ def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeyp
     assert "call 2" in text and re.search(r"wall \d+\.\d+ s", text) and "aten::" in text
     assert "host-device synchronisations by stack:" in text  # on a GPU: each .item()'s Python stack
     assert not (tmp_path / "Linear.infer_batch.txt").exists()  # its first call only
+    trace = tmp_path / "Linear.train_mini_batch.trace.json"
+    assert trace.exists() != stacks
+    if not stacks:
+        assert any(e.get("name") == "aten::linear" for e in json.loads(trace.read_text())["traceEvents"])
+        assert "where the GPU waited:\nno GPU activity in the trace" in text  # a CPU run has no kernels
+
+
+def test_gpu_idle_names_what_the_host_did_while_the_gpu_waited():
+    """A chrome trace in torch's format: kernels at 0-200 us (two, merged), 1200-1300 and 1350-1400. The 1,000-us
+    gap is sampled every 50 us and each sample goes to the host event that started last among those running:
+    the .item() inside the micro batch, then a launch, the micro batch itself otherwise. The 50-us gap is below
+    the threshold: idle, but not sampled."""
+    from llm_bridge import phase_profile
+
+    def event(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": 1}
+
+    events = [event("kernel", "gemm", 0, 100), event("kernel", "gemm", 100, 100),
+              event("kernel", "gemm", 1200, 100), event("gpu_memcpy", "Memcpy HtoD", 1350, 50),
+              event("user_annotation", "micro_batch0", 150, 1850), event("cpu_op", "aten::item", 300, 400),
+              event("cuda_runtime", "cudaLaunchKernel", 900, 100), {"ph": "i", "name": "marker", "ts": 500}]
+    text = phase_profile.gpu_idle(events, min_gap_us=200, step_us=50)
+    assert text.splitlines()[0] == ("GPU busy 0.3 ms of 1.4 ms (first to last kernel); idle 1.1 ms, of which "
+                                    "1.0 ms in 1 gaps of 0.2 ms or more"), text
+    assert [line.split() for line in text.splitlines()[2:5]] == [
+        ["0.5", "ms", "micro_batch0"], ["0.4", "ms", "aten::item"], ["0.1", "ms", "cudaLaunchKernel"]], text
+    assert text.splitlines()[-1].split() == ["+0.2", "ms", "1.0", "ms", "micro_batch0", "0.5,", "aten::item", "0.4,",
+                                             "cudaLaunchKernel", "0.1"], text
+    assert phase_profile.gpu_idle(events[4:]) == "no GPU activity in the trace"
 
 
 def test_phase_profile_names_where_the_host_waits():

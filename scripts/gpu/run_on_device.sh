@@ -14,7 +14,8 @@
 #   bench=ROWS           bench/bench_gpu.py (SFT) with those rows, in the time left
 #   bench-ppo=ROWS       bench/bench_ppo_gpu.py (PPO: seed vs tuned) with those rows, in the time left;
 #                        KEEP=ROW saves that row's checkpoint for chain-post; SEED_STEPS=N the seed row's steps, PPO_STEPS=N the others'
-#                        PROFILE=ROW[,ROW] runs those rows' last step under torch's profiler (3-4 minutes each)
+#                        PROFILE=ROW[,ROW] runs those rows' last step under torch's profiler (3-4 minutes each;
+#                        with LLM_BRIDGE_PROFILE_STACKS=0 seconds: the timeline and the GPU's idle gaps, no stacks)
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
 #   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
 #                        PPO_MODEL=DIR the model, as for bench-ppo)

@@ -15,7 +15,9 @@ when `LLM_BRIDGE_PROFILE_DIR` is set, as `bench/bench_ppo_gpu.py` does. Checked 
   asked to, and leaves that step out of their medians: with Python stacks the step takes minutes). Its summary
   goes to `<dir>/<model class>.<method>.txt`: wall time, the GPU's kernel time, the kernels and operators that
   took it, and the Python stacks of the host-device synchronisations (each one drains the GPU's queue). A
-  profile that fails is reported, never fatal.
+  profile that fails is reported, never fatal. With `LLM_BRIDGE_PROFILE_STACKS=0` the profile records no Python
+  stacks (seconds instead of minutes a step) and keeps the timeline instead: `<model class>.<method>.trace.json`
+  (Perfetto, chrome://tracing) and, in the summary, where the GPU sat idle and what the host was doing meanwhile.
 """
 from __future__ import annotations
 
@@ -25,12 +27,16 @@ import json
 import os
 import re
 import time
+from bisect import bisect_right
+from collections import Counter
+from heapq import heappop, heappush
 from pathlib import Path
 
 from llm_bridge.verl_fixes import _when_imported
 
 PROFILE_DIR = os.environ.get("LLM_BRIDGE_PROFILE_DIR")
 PROFILE_CALL = int(os.environ.get("LLM_BRIDGE_PROFILE_CALL", "3"))
+PROFILE_STACKS = os.environ.get("LLM_BRIDGE_PROFILE_STACKS", "1") != "0"
 TOP = 30
 
 
@@ -137,14 +143,70 @@ def summary(prof, wall_s: float, title: str) -> str:
             f"host-device synchronisations by stack:\n{sync_stacks(prof)}\n")
 
 
-def profiler(activities):
-    """torch's profiler with each operator's Python stack: `with_stack` alone leaves FunctionEvent.stack empty
-    (torch 2.11); the verbose experimental config fills it."""
+def profiler(activities, stacks: bool = True):
+    """torch's profiler, with each operator's Python stack if `stacks`: `with_stack` alone leaves
+    FunctionEvent.stack empty (torch 2.11); the verbose experimental config fills it."""
     import torch
     from torch._C._profiler import _ExperimentalConfig
 
+    if not stacks:
+        return torch.profiler.profile(activities=activities)
     return torch.profiler.profile(activities=activities, with_stack=True,
                                   experimental_config=_ExperimentalConfig(verbose=True))
+
+
+GPU_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}
+HOST_WORK = {"cpu_op", "cuda_runtime", "cuda_driver", "user_annotation", "python_function"}
+
+
+def gpu_idle(events: list[dict], min_gap_us: float = 200.0, step_us: float = 50.0, top: int = 20) -> str:
+    """From a chrome trace's events: the GPU's idle time between its first and last kernel, counted in gaps of at
+    least `min_gap_us`, and what the host was doing meanwhile. Every `step_us` of a gap goes to the host event
+    that started last among those running at that moment (on one thread, the innermost), as a sampling profiler
+    over the GPU's idle time would."""
+    spans = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events
+                   if e.get("ph") == "X" and e.get("cat") in GPU_WORK)
+    if not spans:
+        return "no GPU activity in the trace"
+    busy = [list(spans[0])]
+    for start, end in spans[1:]:
+        if start <= busy[-1][1]:
+            busy[-1][1] = max(busy[-1][1], end)
+        else:
+            busy.append([start, end])
+    window = busy[-1][1] - busy[0][0]
+    gaps = [(a[1], b[0]) for a, b in zip(busy, busy[1:]) if b[0] - a[1] >= min_gap_us]
+    idle = sum(b[0] - a[1] for a, b in zip(busy, busy[1:]))
+    host = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
+                  if e.get("ph") == "X" and e.get("cat") in HOST_WORK)
+    starts = [h[0] for h in host]
+    by_name, gap_names = Counter(), {}
+    running: list[tuple[float, float, str]] = []  # heap of (-start, end, name): the top started last
+    added = 0
+    for gap in gaps:
+        gap_names[gap] = Counter()
+        for i in range(int((gap[1] - gap[0]) // step_us)):
+            t = gap[0] + step_us * (i + 0.5)
+            upto = bisect_right(starts, t)
+            for h in host[added:upto]:
+                heappush(running, (-h[0], h[1], h[2]))
+            added = max(added, upto)
+            while running and running[0][1] <= t:  # ended: an ended event below the top is dropped when it surfaces
+                heappop(running)
+            name = running[0][2] if running else "(no host event)"
+            by_name[name] += step_us
+            gap_names[gap][name] += step_us
+    counted = sum(end - start for start, end in gaps)
+    lines = [f"GPU busy {(window - idle) / 1e3:.1f} ms of {window / 1e3:.1f} ms (first to last kernel); idle "
+             f"{idle / 1e3:.1f} ms, of which {counted / 1e3:.1f} ms in {len(gaps)} gaps of {min_gap_us / 1e3:g} ms "
+             f"or more", f"what the host was doing in those gaps (sampled every {step_us:g} us):"]
+    lines += [f"  {ms / 1e3:9.1f} ms  {name}" for name, ms in by_name.most_common(top)]
+    lines.append("the longest gaps (offset from the first kernel, length, what the host was doing):")
+    for start, end in sorted(gaps, key=lambda g: g[0] - g[1])[:10]:
+        doing = ", ".join(f"{n} {ms / 1e3:.1f}" for n, ms in gap_names[(start, end)].most_common(3))
+        offset = f"+{(start - busy[0][0]) / 1e3:.1f}"
+        lines.append(f"  {offset:>9} ms  {(end - start) / 1e3:6.1f} ms  {doing}")
+    return "\n".join(lines)
 
 
 def _profile_worker_calls(engine_workers) -> None:
@@ -167,7 +229,7 @@ def _profile_worker_calls(engine_workers) -> None:
                 torch.cuda.synchronize()
             with contextlib.ExitStack() as stack:
                 try:
-                    prof = stack.enter_context(profiler(activities))
+                    prof = stack.enter_context(profiler(activities, stacks=PROFILE_STACKS))
                 except Exception as error:  # noqa: BLE001 (a profile is never worth a failed run)
                     print(f"[llm-bridge] profile of {model}.{name} not taken: {error}", flush=True)
                     return method(self, *args, **kwargs)
@@ -179,7 +241,12 @@ def _profile_worker_calls(engine_workers) -> None:
             try:
                 path = Path(PROFILE_DIR) / f"{model}.{name}.txt"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(summary(prof, wall, f"{model}.{name}, call {PROFILE_CALL} (pid {os.getpid()})"))
+                text = summary(prof, wall, f"{model}.{name}, call {PROFILE_CALL} (pid {os.getpid()})")
+                if not PROFILE_STACKS:  # the timeline instead of the stacks
+                    trace = path.with_suffix(".trace.json")
+                    prof.export_chrome_trace(str(trace))
+                    text += "\nwhere the GPU waited:\n" + gpu_idle(json.loads(trace.read_text())["traceEvents"]) + "\n"
+                path.write_text(text)
                 print(f"[llm-bridge] profile of {model}.{name}: {path}", flush=True)
             except Exception as error:  # noqa: BLE001
                 print(f"[llm-bridge] profile of {model}.{name} not written: {error}", flush=True)
