@@ -159,7 +159,7 @@ GPU_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}
 HOST_WORK = {"cpu_op", "cuda_runtime", "cuda_driver", "user_annotation", "python_function"}
 
 
-def gpu_idle(events: list[dict], min_gap_us: float = 200.0, step_us: float = 50.0, top: int = 20) -> str:
+def gpu_idle(events: list[dict], min_gap_us: float = 50.0, step_us: float = 25.0, top: int = 20) -> str:
     """From a chrome trace's events: the GPU's idle time between its first and last kernel, counted in gaps of at
     least `min_gap_us`, and what the host was doing meanwhile. Every `step_us` of a gap goes to the host event
     that started last among those running at that moment (on one thread, the innermost), as a sampling profiler
