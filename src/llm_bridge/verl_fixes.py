@@ -162,6 +162,44 @@ def _responses_cut_out_at_once(padding) -> None:
     padding.no_padding_2_padding = no_padding_2_padding
 
 
+# The only per-sample Python objects a training worker reads from its batch (verl 0.9.1: the FSDP engine's
+# prepare_model_inputs); everything else rides along unread.
+OBJECTS_WORKERS_READ = frozenset({"multi_modal_inputs"})
+
+
+def without_sample_objects(data):
+    """`data` (a TensorDict) without the per-sample Python objects (NonTensorStack: uid, data_source,
+    reward_model, extra_info, raw prompts, ...) that no training worker reads; tensors, nested tensors and the
+    batch's metadata (NonTensorData) stay, as do OBJECTS_WORKERS_READ. A shallow copy: nothing is copied."""
+    from tensordict.tensorclass import NonTensorStack
+
+    unread = [key for key in data.keys()
+              if key not in OBJECTS_WORKERS_READ and isinstance(data._get_str(key, None), NonTensorStack)]
+    return data.exclude(*unread) if unread else data
+
+
+def _sample_objects_stay_behind(module, name: str) -> None:
+    """verl 0.9.1's training workers receive the whole step batch, including its per-sample Python objects (11
+    on a GSM8K step: uid, data_source, reward_model, extra_info, the raw prompt, ...; 2,800 tensordict objects a
+    256-sample batch), and carry them through every mini-batch split (tensordict_utils.make_iterator) and every
+    micro batch's split and `.to(device)` (engine.utils.prepare_micro_batches). That is Python work with the GPU
+    idle: on the H200 a 40-50 ms gap before each micro batch's forward and about 25 ms at each mini-batch split
+    (phase_profile's GPU-idle timeline, 2026-12-06), about 0.7 s of a 9.5-s step. The workers read none of them
+    (OBJECTS_WORKERS_READ): they stay behind, and the results are the same.
+    LLM_BRIDGE_KEEP_SAMPLE_OBJECTS=1 keeps verl's behaviour (the benchmark's baseline row)."""
+    if os.environ.get("LLM_BRIDGE_KEEP_SAMPLE_OBJECTS") == "1":
+        return
+    original = getattr(module, name)
+    if hasattr(original, "__wrapped__"):
+        return  # already patched in this process
+
+    @functools.wraps(original)
+    def lean(data, *args, **kwargs):
+        return original(without_sample_objects(data), *args, **kwargs)
+
+    setattr(module, name, lean)
+
+
 class _Done:
     """An awaitable that is already finished: `await _Done(x)` is x."""
 
@@ -246,3 +284,7 @@ _when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
 _when_imported("verl.workers.utils.padding", _responses_cut_out_at_once)
 _when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_loop)
 _when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
+# the mini-batch split (called as tu.make_iterator) and the micro-batch split (a name imported into the engine)
+_when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
+_when_imported("verl.workers.engine.fsdp.transformer_impl",
+               lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
