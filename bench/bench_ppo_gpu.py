@@ -64,6 +64,8 @@ ROWS = {
     "tuned-full-outputs": ({}, [], {"LLM_BRIDGE_FULL_ROLLOUT_OUTPUTS": "1"}),
     # verl's per-sample loop in no_padding_2_padding (llm_bridge.verl_fixes cuts the responses out in one gather)
     "tuned-verl-padding": ({}, [], {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"}),
+    # verl's per-sample Python objects carried through the workers' splits (llm_bridge.verl_fixes leaves them behind)
+    "tuned-sample-objects": ({}, [], {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1"}),
     # the value pass over the whole step (85k tokens) in one micro batch instead of two of at most 64k: the pass is
     # forward only (no activations kept) and waits on the host (GPU busy 18 % under the profiler, 2026-12-06)
     "tuned-one-value-batch": ({}, ["critic.forward_max_token_len_per_gpu=131072"], {}),
@@ -127,9 +129,11 @@ def run_row(name: str, args, deadline: float) -> dict:
     row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps)
     # not the first step (compilation, CUDA graphs) nor the last (profiled, and the --keep row's checkpoint)
     last_is_special = name in args.profile or name == args.keep  # profiled, or saving the checkpoint
-    measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:] or steps
-    if not measured:
-        return {**row, "error": f"exit {code}: no step logged (see {name}.log)"}
+    measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:]
+    if not measured:  # the first step alone carries one-time costs (54 s against 9.5 for the tuned row): no median
+        first = {k: v for k, v in steps[0].items() if k.startswith("timing_s/")} if steps else {}
+        return {**row, "error": f"exit {code}: {len(steps)} step(s) logged, none after the first (see {name}.log)",
+                **({"first_step_timing_s": first} if first else {})}
     timing = {k[len("timing_s/"):]: statistics.median(s[k] for s in measured if k in s)
               for k in sorted({k for s in measured for k in s if k.startswith("timing_s/")})}
     # what no timer covers: the step minus its timed parts, per step (testing runs outside the step)

@@ -179,13 +179,14 @@ def without_sample_objects(data):
 
 
 def _sample_objects_stay_behind(module, name: str) -> None:
-    """verl 0.9.1's training workers receive the whole step batch, including its per-sample Python objects (11
-    on a GSM8K step: uid, data_source, reward_model, extra_info, the raw prompt, ...; 2,800 tensordict objects a
-    256-sample batch), and carry them through every mini-batch split (tensordict_utils.make_iterator) and every
-    micro batch's split and `.to(device)` (engine.utils.prepare_micro_batches). That is Python work with the GPU
-    idle: on the H200 a 40-50 ms gap before each micro batch's forward and about 25 ms at each mini-batch split
-    (phase_profile's GPU-idle timeline, 2026-12-06), about 0.7 s of a 9.5-s step. The workers read none of them
-    (OBJECTS_WORKERS_READ): they stay behind, and the results are the same.
+    """verl 0.9.1's training workers receive the whole step batch, including its per-sample Python objects (17
+    keys on a GSM8K PPO step: uid, data_source, reward_model, extra_info, raw_prompt, tools_kwargs, ...; 4,352
+    tensordict objects for 256 samples), and carry them through every mini-batch split (tensordict_utils.
+    make_iterator) and every micro batch's split and `.to(device)` (engine.utils.prepare_micro_batches). That is
+    Python work with the GPU idle: on the H200 a 38-50 ms gap before each micro batch's forward, right after its
+    tensors reach the GPU (phase_profile's GPU-idle timeline, 2026-12-06; on a 2-core Zen 4, `.to()` of a
+    64-sample micro batch takes 17 ms with them and 0.7 ms without). The workers read none of them
+    (OBJECTS_WORKERS_READ): they stay behind, and the tensors of every micro batch are the same.
     LLM_BRIDGE_KEEP_SAMPLE_OBJECTS=1 keeps verl's behaviour (the benchmark's baseline row)."""
     if os.environ.get("LLM_BRIDGE_KEEP_SAMPLE_OBJECTS") == "1":
         return
