@@ -66,6 +66,11 @@ ROWS = {
     "tuned-verl-padding": ({}, [], {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"}),
     # verl's per-sample Python objects carried through the workers' splits (llm_bridge.verl_fixes leaves them behind)
     "tuned-sample-objects": ({}, [], {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1"}),
+    # verl's garbage collector settings: full collections scan everything the processes built (llm_bridge.verl_fixes
+    # freezes the heap after the build)
+    "tuned-gc-unfrozen": ({}, [], {"LLM_BRIDGE_GC_UNFROZEN": "1"}),
+    # both of verl's host-side behaviours back: what the two fixes save together
+    "tuned-verl-host": ({}, [], {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1", "LLM_BRIDGE_GC_UNFROZEN": "1"}),
     # the value pass over the whole step (85k tokens) in one micro batch instead of two of at most 64k: the pass is
     # forward only (no activations kept) and waits on the host (GPU busy 18 % under the profiler, 2026-12-06)
     "tuned-one-value-batch": ({}, ["critic.forward_max_token_len_per_gpu=131072"], {}),
