@@ -245,14 +245,24 @@ def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn, mo
     assert not torch.equal(head("3", process_seed=1), head("4", process_seed=1))
 
 
+def run_with_verl_fixes(script: str, **env: str) -> str:
+    """stdout of `python -c script` in the environment llm_bridge.sft and llm_bridge.ppo give verl's processes
+    (verl loads llm_bridge.verl_fixes through its plugin variable), with `env` on top; a failure shows its stderr."""
+    import subprocess
+    import sys
+
+    full_env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",)) | env
+    done = subprocess.run([sys.executable, "-c", script], env=full_env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def test_responses_are_cut_out_without_a_loop_over_samples():
     """verl 0.9.1's no_padding_2_padding (every PPO loss: the actor's log-probs, the critic's values) loops over the
     samples with three host-device syncs each; llm_bridge.verl_fixes replaces it, where verl's losses import it,
     with one gather. Same values and gradients as verl's loop for packed (nested) and padded batches, values with
     and without a trailing dimension, float32 and bfloat16, a response shorter than the batch's longest."""
-    import subprocess
-    import sys
-
     script = """
 import torch, verl
 from tensordict import TensorDict
@@ -282,15 +292,10 @@ for data in (packed, padded):
             assert torch.equal(a.grad, b.grad), (shape, dtype)
 print("same")
 """
-    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.sft / ppo give verl's processes
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-1] == "same"
+    assert run_with_verl_fixes(script).split()[-1] == "same"
     # the benchmark's baseline row keeps verl's loop
     check = "from verl.workers.utils import losses, padding; print(hasattr(losses.no_padding_2_padding, '__wrapped__'))"
-    kept = subprocess.run([sys.executable, "-c", check], env=env | {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"},
-                          capture_output=True, text=True, timeout=300)
-    assert kept.stdout.split()[-1] == "False", kept.stderr[-3000:]
+    assert run_with_verl_fixes(check, LLM_BRIDGE_VERL_PADDING_LOOP="1").split()[-1] == "False"
 
 
 def test_training_workers_leave_the_per_sample_objects_behind():
@@ -300,9 +305,6 @@ def test_training_workers_leave_the_per_sample_objects_behind():
     built as verl's trainer builds it: the same tensors in the same micro batches, the batch's metadata kept, the
     objects gone except multi_modal_inputs (the one a worker reads). (What it saves is measured on the GPU:
     docs/benchmarks.md.)"""
-    import subprocess
-    import sys
-
     script = """
 import numpy as np, torch, verl
 from verl import DataProto
@@ -335,15 +337,10 @@ mini = next(iter(tu.make_iterator(data, mini_batch_size=8, epochs=1, seed=0, dat
 assert "uid" not in mini.keys() and "multi_modal_inputs" in mini.keys() and mini.batch_size[0] == 8
 print("same")
 """
-    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.ppo gives verl's processes
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-1] == "same", done.stdout[-500:]
+    assert run_with_verl_fixes(script).split()[-1] == "same"
     # the benchmark's baseline row keeps verl's splits
     check = "from verl.workers.engine.fsdp import transformer_impl as t; print(hasattr(t.prepare_micro_batches, '__wrapped__'))"
-    kept = subprocess.run([sys.executable, "-c", check], env=env | {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1"},
-                          capture_output=True, text=True, timeout=300)
-    assert kept.stdout.split()[-1] == "False", kept.stderr[-3000:]
+    assert run_with_verl_fixes(check, LLM_BRIDGE_KEEP_SAMPLE_OBJECTS="1").split()[-1] == "False"
 
 
 def test_built_processes_freeze_their_heap_for_the_garbage_collector():
@@ -353,9 +350,6 @@ def test_built_processes_freeze_their_heap_for_the_garbage_collector():
     trainer starts training; verl's remote-call registration of the wrapped methods is kept, a second patch of
     the same module still applies, the freeze comes after a build and before training, and
     LLM_BRIDGE_GC_UNFROZEN=1 keeps verl's methods."""
-    import subprocess
-    import sys
-
     script = """
 import gc, verl
 from llm_bridge import verl_fixes
@@ -378,14 +372,9 @@ build(); after_build = gc.get_freeze_count(); gc.unfreeze(); train()
 assert seen[0] == ("build", 0) and after_build > 1000 and seen[1][1] > 1000, (seen, after_build)
 print("frozen")
 """
-    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.ppo gives verl's processes
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-1] == "frozen"
+    assert run_with_verl_fixes(script).split()[-1] == "frozen"
     check = "from verl.workers import engine_workers as w; print(hasattr(w.TrainingWorker.reset, 'freezes_heap'))"
-    kept = subprocess.run([sys.executable, "-c", check], env=env | {"LLM_BRIDGE_GC_UNFROZEN": "1"},
-                          capture_output=True, text=True, timeout=300)
-    assert kept.stdout.split()[-1] == "False", kept.stderr[-3000:]
+    assert run_with_verl_fixes(check, LLM_BRIDGE_GC_UNFROZEN="1").split()[-1] == "False"
 
 
 def test_ppo_trainer_polls_for_the_rollout_often():
@@ -393,9 +382,6 @@ def test_ppo_trainer_polls_for_the_rollout_often():
     whole number of 2-s polls (4.02 s a step on CPU, 4.08 or 6.09 s on the H200). Through verl's plugin variable,
     as the trainer processes load it, llm_bridge.verl_fixes makes it poll every 0.1 s, without importing the
     replay buffer into processes that never use it."""
-    import subprocess
-    import sys
-
     script = """
 import sys, verl
 assert "verl.trainer.ppo.v1.replay_buffer" not in sys.modules, "imported eagerly"
@@ -404,10 +390,7 @@ import inspect
 print(inspect.signature(ReplayBuffer.__init__.__wrapped__).parameters["poll_interval"].default,
       ReplayBuffer("sync", {}, None, "drop", {}).poll_interval)
 """
-    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.ppo gives verl's processes
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    verl_default, patched = done.stdout.split()
+    verl_default, patched = run_with_verl_fixes(script).split()
     assert (float(verl_default), float(patched)) == (2.0, 0.1)
 
 
@@ -416,9 +399,6 @@ def test_one_rollout_server_is_routed_without_a_balancer_process():
     CPU default). With one server, llm_bridge.verl_fixes runs verl's balancer class inside the client's process:
     it travels to the agent-loop workers as Ray would pickle it, counts requests in flight as verl's does, and
     refuses to add servers (which a per-process copy cannot share) instead of silently routing past them."""
-    import subprocess
-    import sys
-
     script = """
 import asyncio, pickle, ray, verl
 from verl.workers.rollout import router
@@ -437,9 +417,6 @@ try:
 except RuntimeError as error:
     print("refused:", error)
 """
-    env = launch.child_env(verl_modules=("llm_bridge.verl_fixes",))  # what llm_bridge.ppo gives verl's processes
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    routed, refused = done.stdout.strip().splitlines()[-2:]
+    routed, refused = run_with_verl_fixes(script).strip().splitlines()[-2:]
     assert routed == ("(('10.0.0.1:8000', 'the-server'), ('10.0.0.1:8000', 'the-server'), [], 2, 1)")
     assert refused.startswith("refused:") and "cannot add or remove servers" in refused

@@ -30,6 +30,7 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from heapq import heappop, heappush
+from itertools import pairwise
 from pathlib import Path
 
 from llm_bridge.verl_fixes import _when_imported
@@ -175,8 +176,8 @@ def gpu_idle(events: list[dict], min_gap_us: float = 50.0, step_us: float = 25.0
         else:
             busy.append([start, end])
     window = busy[-1][1] - busy[0][0]
-    gaps = [(a[1], b[0]) for a, b in zip(busy, busy[1:]) if b[0] - a[1] >= min_gap_us]
-    idle = sum(b[0] - a[1] for a, b in zip(busy, busy[1:]))
+    gaps = [(a[1], b[0]) for a, b in pairwise(busy) if b[0] - a[1] >= min_gap_us]
+    idle = sum(b[0] - a[1] for a, b in pairwise(busy))
     host = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in events
                   if e.get("ph") == "X" and e.get("cat") in HOST_WORK)
     starts = [h[0] for h in host]
@@ -197,9 +198,9 @@ def gpu_idle(events: list[dict], min_gap_us: float = 50.0, step_us: float = 25.0
             by_name[name] += step_us
             gap_names[gap][name] += step_us
     counted = sum(end - start for start, end in gaps)
-    lines = [f"GPU busy {(window - idle) / 1e3:.1f} ms of {window / 1e3:.1f} ms (first to last kernel); idle "
-             f"{idle / 1e3:.1f} ms, of which {counted / 1e3:.1f} ms in {len(gaps)} gaps of {min_gap_us / 1e3:g} ms "
-             f"or more", f"what the host was doing in those gaps (sampled every {step_us:g} us):"]
+    lines = [(f"GPU busy {(window - idle) / 1e3:.1f} ms of {window / 1e3:.1f} ms (first to last kernel); idle "
+              f"{idle / 1e3:.1f} ms, of which {counted / 1e3:.1f} ms in {len(gaps)} gaps of {min_gap_us / 1e3:g} ms "
+              f"or more"), f"what the host was doing in those gaps (sampled every {step_us:g} us):"]
     lines += [f"  {ms / 1e3:9.1f} ms  {name}" for name, ms in by_name.most_common(top)]
     lines.append("the longest gaps (offset from the first kernel, length, what the host was doing):")
     for start, end in sorted(gaps, key=lambda g: g[0] - g[1])[:10]:
