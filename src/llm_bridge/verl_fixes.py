@@ -199,13 +199,14 @@ def _sample_objects_stay_behind(module, name: str) -> None:
     if os.environ.get("LLM_BRIDGE_KEEP_SAMPLE_OBJECTS") == "1":
         return
     original = getattr(module, name)
-    if hasattr(original, "__wrapped__"):
-        return  # already patched in this process
+    if getattr(original, "leaves_sample_objects", False):
+        return  # already patched in this process (a __wrapped__ would not tell: verl decorates functions too)
 
     @functools.wraps(original)
     def lean(data, *args, **kwargs):
         return original(without_sample_objects(data), *args, **kwargs)
 
+    lean.leaves_sample_objects = True
     setattr(module, name, lean)
 
 
@@ -243,7 +244,7 @@ def _frozen(method, before: bool):
     return wrapper
 
 
-def _gc_heap_frozen_after_init(module, names: tuple[str, ...]) -> None:
+def _gc_heap_frozen(module, names: tuple[str, ...], before: bool = False) -> None:
     """verl 0.9.1's processes hold 600,000-790,000 objects the garbage collector tracks once they are built (the
     CPU default's training worker, trainer and vLLM server), and each full collection scans them all: 0.3-0.56 s
     a collection on a 2-core Zen 4. One that falls in a step stops it: on the H200 the critic's update paused 1.3
@@ -251,7 +252,7 @@ def _gc_heap_frozen_after_init(module, names: tuple[str, ...]) -> None:
     step (docs/benchmarks.md, "Where the GPU waits"). vLLM freezes its engine core's heap after start-up for the
     same reason; here the training workers' after they build their models (TrainingWorker.reset,
     ActorRolloutRefWorker.init_model), the rollout's HTTP server and agent-loop workers' after they start, and
-    the trainer's when training starts (fit). Objects made later are collected as before: on the CPU default a
+    the trainer's when training starts (before fit: `before`). Objects made later are collected as before: on the CPU default a
     full collection in the training worker took 15-23 ms instead of 300-450 ms. LLM_BRIDGE_GC_UNFROZEN=1 keeps
     verl's behaviour (the benchmark's baseline row)."""
     if os.environ.get("LLM_BRIDGE_GC_UNFROZEN") == "1":
@@ -261,7 +262,7 @@ def _gc_heap_frozen_after_init(module, names: tuple[str, ...]) -> None:
         cls = getattr(module, cls_name)
         method = vars(cls)[method_name]
         if not getattr(method, "freezes_heap", False):
-            setattr(cls, method_name, _frozen(method, before=method_name == "fit"))
+            setattr(cls, method_name, _frozen(method, before))
 
 
 class _Done:
@@ -352,10 +353,10 @@ _when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
 _when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
 _when_imported("verl.workers.engine.fsdp.transformer_impl",
                lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
-_when_imported("verl.workers.engine_workers", lambda workers: _gc_heap_frozen_after_init(
+_when_imported("verl.workers.engine_workers", lambda workers: _gc_heap_frozen(
     workers, ("TrainingWorker.reset", "ActorRolloutRefWorker.init_model")))
-_when_imported("verl.trainer.ppo.v1.trainer_base", lambda trainer: _gc_heap_frozen_after_init(trainer, ("PPOTrainer.fit",)))
+_when_imported("verl.trainer.ppo.v1.trainer_base", lambda trainer: _gc_heap_frozen(trainer, ("PPOTrainer.fit",), before=True))
 _when_imported("verl.workers.rollout.vllm_rollout.vllm_async_server",
-               lambda server: _gc_heap_frozen_after_init(server, ("vLLMHttpServer.launch_server",)))
+               lambda server: _gc_heap_frozen(server, ("vLLMHttpServer.launch_server",)))
 _when_imported("verl.experimental.agent_loop.agent_loop",
-               lambda loop: _gc_heap_frozen_after_init(loop, ("AgentLoopWorker.__init__",)))
+               lambda loop: _gc_heap_frozen(loop, ("AgentLoopWorker.__init__",)))
