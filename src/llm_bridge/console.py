@@ -1,6 +1,7 @@
 """What a training stage shows on the terminal. verl's, Ray's and vLLM's output go only to the stage's log file;
 the terminal gets the stage's own lines, live progress read from verl's per-step metrics jsonl (a rich bar on a
-terminal, a plain line at most every 10 s otherwise: CI, a SLURM job's log), and on failure the log's last 30
+terminal, a plain line at most every 10 s otherwise: CI, a SLURM job's log), PPO's start-up phase by phase (from
+verl's own log lines: what runs now, then one line with what each phase took), and on failure the log's last 30
 lines with the error in one sentence."""
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ from llm_bridge.metrics import KL_METRICS
 
 PLAIN_EVERY_S = 10.0  # without a terminal: a progress line at most this often (a tenth of the steps done)...
 QUIET_EVERY_S = 60.0  # ...and at least this often while no step finishes (verl starting, a long step)
+# verl's PPO start-up as its log tells it (verl 0.9.1; Ray's own line first): the line that ends each phase, the
+# phase, and what runs after it. Until the first step is done the terminal says what runs now, then one line says
+# where the start-up went (5-6 minutes on one H200, most of it vLLM's: docs/benchmarks.md).
+PPO_STARTUP = (
+    ("Started a local Ray instance", "launch and Ray", "loading the data"),
+    ("dataloader initialized", "data", "building the FSDP workers"),
+    ("actor and ref model engine initialized", "FSDP workers", "starting vLLM and the agent loops"),
+    ("all initialize finished, ready to fit", "vLLM and the agent loops", "the first step"),
+)
+STAMP = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})[,.](\d{3})")  # Ray's and verl's log timestamps
 
 
 def console_mode() -> str:
@@ -37,6 +48,38 @@ def metrics_summary(stage: str, record: dict) -> str:
     return "  ".join(f"{label} {record[key]:.4g}" for label, key in keys if isinstance(record.get(key), (int, float)))
 
 
+def startup_mark(line: str, phases=PPO_STARTUP) -> tuple[str, float] | None:
+    """(phase, its end in epoch seconds, from the line's timestamp) if `line` ends a start-up phase, else None."""
+    for marker, phase, _ in phases:
+        if marker in line and (stamp := STAMP.search(line)):
+            return phase, time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
+    return None
+
+
+def startup_marks(text: str, phases=PPO_STARTUP) -> dict[str, float]:
+    """Each start-up phase whose closing line is in `text` (a stage log) -> when it ended (the first such line)."""
+    marks: dict[str, float] = {}
+    for line in text.splitlines():
+        if mark := startup_mark(line, phases):
+            marks.setdefault(*mark)
+    return marks
+
+
+def startup_split(marks: dict[str, float], started: float, first_step_done: float | None = None,
+                  phases=PPO_STARTUP) -> list[tuple[str, float]]:
+    """(phase, seconds) in order from `started` (the launch, epoch seconds) to the first step's end. A phase whose
+    line is missing (no local Ray when joining a cluster's) is named together with the next one found."""
+    split, last, pending = [], started, []
+    for _, phase, _ in phases:
+        pending.append(phase)
+        if phase in marks:
+            split.append((" + ".join(pending), marks[phase] - last))
+            last, pending = marks[phase], []
+    if first_step_done is not None:
+        split.append((" + ".join([*pending, "first step"]), first_step_done - last))
+    return split
+
+
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -46,14 +89,18 @@ class StageProgress:
     """Follows `metrics_path` (verl's file logger) and shows step / total, the key metrics, step time and ETA.
     Call `update()` about once a second from the launcher's wait loop and `close()` when the child is gone."""
 
-    def __init__(self, stage: str, metrics_path: Path, total_steps: int, first_step: int = 0):
+    def __init__(self, stage: str, metrics_path: Path, total_steps: int, first_step: int = 0,
+                 startup=()):
+        """`startup`: the phases (e.g. PPO_STARTUP) to follow in the child's output (`saw`) until the first step."""
         self.stage, self.path, self.total = stage, Path(metrics_path), total_steps
-        self.start = time.monotonic()
+        self.start, self.started = time.monotonic(), time.time()
+        self.startup, self.marks = startup, {}
         self.first_step = first_step  # a resumed run starts at its checkpoint: its speed counts from there
         self.step, self.record, self.offset = first_step, {}, 0
         self.step_times: list[float] = []
         self.last_step_at = self.start
         self.last_plain, self.shown_step = self.start, first_step
+        self.tee = sys.stdout if isinstance(sys.stdout, Tee) else None  # rich's bar swaps sys.stdout while it runs
         self.bar = self._make_bar() if interactive() else None
 
     def _make_bar(self):
@@ -83,14 +130,39 @@ class StageProgress:
             except json.JSONDecodeError:
                 continue
             if isinstance(rec.get("step"), int) and rec["step"] > self.step:
+                took = now - self.last_step_at
+                if self.step == self.first_step and self.startup:
+                    last, seconds = self.say_startup(time.time())[-1]
+                    took = seconds if last == "first step" else took  # its ETA without the start-up's minutes
                 self.step, self.record = rec["step"], {**self.record, **rec.get("data", {})}
-                self.step_times.append(now - self.last_step_at)
+                self.step_times.append(took)
                 self.last_step_at = now
+
+    def saw(self, line: str) -> None:
+        """A line of the child's output (from the launcher's reader thread): notes where the start-up has got to."""
+        if self.startup and self.step == self.first_step and (mark := startup_mark(line, self.startup)):
+            self.marks.setdefault(*mark)
+
+    def say_startup(self, first_step_done: float) -> list[tuple[str, float]]:
+        """One line: how long the start-up took and where it went (the first step carries compilation too)."""
+        split = startup_split(self.marks, self.started, first_step_done, self.startup)
+        line = (f"[{self.stage}] start-up {duration(first_step_done - self.started)}: "
+                + " · ".join(f"{phase} {seconds:.0f} s" for phase, seconds in split))
+        if self.bar is None:
+            print(line, flush=True)  # the terminal and, through the stage's Tee, its log
+        else:
+            self.bar.console.print(line, markup=False, highlight=False)
+            if self.tee is not None:
+                self.tee.log.write(line + "\n")
+        return split
 
     def status(self) -> tuple[str, str]:
         """(what it does now with the key metrics, the step time and ETA)."""
         if self.step == self.first_step:
-            return "starting verl (no step finished yet)", ""
+            if not self.startup:
+                return "starting verl (no step finished yet)", ""
+            now = [after for _, phase, after in self.startup if phase in self.marks]
+            return f"starting verl: {now[-1] if now else self.startup[0][1]}", ""
         recent = self.step_times[1:][-5:] or self.step_times  # the first step also holds verl's start-up
         per_step = sum(recent) / len(recent)
         eta = f"{per_step:.1f} s/step, ETA {duration(per_step * max(self.total - self.step, 0))}"

@@ -207,6 +207,8 @@ def run(cmd: list[str], env: dict[str, str], log_path: Path, stall_timeout: floa
                     sys.__stdout__.write(line)
                 log.write(line)
                 last["time"] = time.monotonic()
+                if progress is not None:
+                    progress.saw(line)
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                            cluster["procs_per_node"], verl_modules=("llm_bridge.verl_fixes",))
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo"] + overrides
     total = launch.planned_steps(params["ppo"], args.data_dir / "train.parquet")
-    progress = console.StageProgress("ppo", metrics_path, total, resume_step)
+    progress = console.StageProgress("ppo", metrics_path, total, resume_step, startup=console.PPO_STARTUP)
     if "SLURM_JOB_ID" in os.environ or cluster["nnodes"] > 1:
         run_in_allocation(cmd, env, cluster, args.out_dir, args.log, params["stall_timeout_s"], progress)
     else:
