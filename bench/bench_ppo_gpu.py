@@ -65,7 +65,8 @@ ROWS = {
     "tuned-full-outputs": ({}, [], {"LLM_BRIDGE_FULL_ROLLOUT_OUTPUTS": "1"}),
     # verl's per-sample loop in no_padding_2_padding (llm_bridge.verl_fixes cuts the responses out in one gather)
     "tuned-verl-padding": ({}, [], {"LLM_BRIDGE_VERL_PADDING_LOOP": "1"}),
-    # verl's per-sample Python objects carried through the workers' splits (llm_bridge.verl_fixes leaves them behind)
+    # verl's per-sample Python objects fetched by the workers and carried through their splits (llm_bridge.verl_fixes
+    # fetches and splits the tensors only)
     "tuned-sample-objects": ({}, [], {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1"}),
     # verl's garbage collector settings: full collections scan everything the processes built (llm_bridge.verl_fixes
     # freezes the heap after the build)
