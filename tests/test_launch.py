@@ -165,6 +165,8 @@ def test_ppo_start_up_is_followed_phase_by_phase_then_summed_up(tmp_path, capsys
     progress.saw(verl_line(300, "critic model engine initialized"))  # the actor's line ends the phase, not this
     progress.saw(verl_line(270, "actor and ref model engine initialized"))
     assert progress.status()[0] == "starting verl: starting vLLM and the agent loops"
+    progress.saw("INFO:2026-13-45 99:00:00,000:all initialize finished, ready to fit")  # not a time: no mark, no error
+    assert progress.status()[0] == "starting verl: starting vLLM and the agent loops"
     progress.saw(verl_line(80, "all initialize finished, ready to fit"))
     assert progress.status()[0] == "starting verl: the first step"
     metrics.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": 0.5}}) + "\n")

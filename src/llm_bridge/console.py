@@ -49,10 +49,14 @@ def metrics_summary(stage: str, record: dict) -> str:
 
 
 def startup_mark(line: str, phases=PPO_STARTUP) -> tuple[str, float] | None:
-    """(phase, its end in epoch seconds, from the line's timestamp) if `line` ends a start-up phase, else None."""
+    """(phase, its end in epoch seconds, from the line's timestamp) if `line` ends a start-up phase, else None.
+    Never raises: the launcher's reader thread calls it on every line the child prints."""
     for marker, phase, _ in phases:
         if marker in line and (stamp := STAMP.search(line)):
-            return phase, time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
+            try:
+                return phase, time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
+            except (ValueError, OverflowError):  # a line that only looks like a timestamp
+                return None
     return None
 
 
