@@ -225,8 +225,8 @@ def _workers_fetch_no_sample_objects(trainer_base) -> None:
     training-worker call the batch's TransferQueue keys with no field list, so the worker fetches every field,
     the per-sample objects pickled through ZeroMQ from the storage units with the tensors. The trainer's calls
     that reach training workers (old and reference log-probs, values, the critic's and the actor's updates) now
-    name the fields those read. On a 2-core Zen 4 a 256-sample fetch of a GSM8K PPO step took 110-132 ms with
-    the objects and 61-78 ms without, and the H200 step fetches three times (values, two updates).
+    name the fields those read. On a 2-core Zen 4 a worker's fetch of a 256-sample GSM8K PPO step took 118-143 ms
+    with the objects and 42-63 ms without (docs/benchmarks.md), and the H200 preset's step fetches three times.
     LLM_BRIDGE_KEEP_SAMPLE_OBJECTS=1 keeps verl's behaviour, as for the splits."""
     if os.environ.get("LLM_BRIDGE_KEEP_SAMPLE_OBJECTS") == "1":
         return
