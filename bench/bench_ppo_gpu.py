@@ -127,7 +127,8 @@ def startup(log: Path, started: float, steps: list[dict]) -> dict:
         return {}
     marks = console.startup_marks(text)
     ready = marks.get(console.PPO_STARTUP[-1][1])
-    first_done = ready + steps[0]["timing_s/step"] if ready and steps else None
+    first = steps[0].get("timing_s/step") if steps else None
+    first_done = ready + first if ready and first else None
     found = {name: float(m[1]) for name, pattern in VLLM_STARTUP.items() if (m := re.search(pattern, text))}
     return {"phases": {phase: round(s, 1) for phase, s in console.startup_split(marks, started, first_done)},
             "vllm": found}
