@@ -232,20 +232,24 @@ def _workers_fetch_no_sample_objects(trainer_base) -> None:
         return
     for name in ("_compute_old_log_prob", "_compute_ref_log_prob", "_compute_values", "_update_critic", "_update_actor"):
         method = getattr(trainer_base.PPOTrainer, name)
-        if getattr(method, "names_worker_fields", False):
-            continue
+        if not getattr(method, "names_worker_fields", False):
+            setattr(trainer_base.PPOTrainer, name, _naming_worker_fields(method))
 
-        @functools.wraps(method)
-        def naming_fields(self, batch, *args, _method=method, **kwargs):
-            everything = batch.fields
-            batch.fields = fields_workers_read(batch)
-            try:
-                return _method(self, batch, *args, **kwargs)
-            finally:
-                batch.fields = everything  # the trainer's own batch goes on as it was
 
-        naming_fields.names_worker_fields = True
-        setattr(trainer_base.PPOTrainer, name, naming_fields)
+def _naming_worker_fields(method):
+    """A trainer method that calls training workers with `batch`, its batch naming only the fields they read for
+    the call; the trainer's own batch goes on as it was."""
+    @functools.wraps(method)
+    def wrapper(self, batch, *args, **kwargs):
+        everything = batch.fields
+        batch.fields = fields_workers_read(batch)
+        try:
+            return method(self, batch, *args, **kwargs)
+        finally:
+            batch.fields = everything
+
+    wrapper.names_worker_fields = True
+    return wrapper
 
 
 def _freeze_heap() -> None:
@@ -290,9 +294,9 @@ def _gc_heap_frozen(module, names: tuple[str, ...], before: bool = False) -> Non
     step (docs/benchmarks.md, "Where the GPU waits"). vLLM freezes its engine core's heap after start-up for the
     same reason; here the training workers' after they build their models (TrainingWorker.reset,
     ActorRolloutRefWorker.init_model), the rollout's HTTP server and agent-loop workers' after they start, and
-    the trainer's when training starts (before fit: `before`). Objects made later are collected as before: on the CPU default a
-    full collection in the training worker took 15-23 ms instead of 300-450 ms. LLM_BRIDGE_GC_UNFROZEN=1 keeps
-    verl's behaviour (the benchmark's baseline row)."""
+    the trainer's when training starts (before fit: `before`). Objects made later are collected as before: on the
+    CPU default a full collection in the training worker took 15-23 ms instead of 300-450 ms.
+    LLM_BRIDGE_GC_UNFROZEN=1 keeps verl's behaviour (the benchmark's baseline row)."""
     if os.environ.get("LLM_BRIDGE_GC_UNFROZEN") == "1":
         return
     for qualified in names:
