@@ -134,6 +134,46 @@ def startup(log: Path, started: float, steps: list[dict]) -> dict:
             "vllm": found}
 
 
+RAY_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def ray_actors(started: float, keep: Path) -> list[dict]:
+    """Each Ray worker process of the row's (just finished) Ray session: the actor it became (none for the idle
+    ones Ray starts ahead), when the process started, when its actor was handed its creation task and when that
+    task (the class's imports and __init__) ended: seconds from the launch, read from Ray's own logs. This is
+    what the start-up's phases are made of. Ray's GCS log is kept beside the row (`keep`) for a closer look."""
+    logs = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "logs"
+
+    def when(line: str) -> float | None:
+        m = RAY_STAMP.match(line)
+        return round(time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1e3 - started, 1) if m else None
+
+    try:
+        gcs = (logs / "gcs_server.out").read_text(errors="replace")
+    except OSError:
+        return []
+    keep.write_text(gcs)
+    handed, created = {}, {}
+    for line in gcs.splitlines():
+        if (w := re.search(r"worker_id=([0-9a-f]+)", line)) and "Submitting actor creation task" in line:
+            handed[w[1]] = when(line)
+        elif w and "Actor creation task succeeded" in line:
+            created[w[1]] = when(line)
+    actors = []
+    for core in logs.glob("python-core-worker-*_*.log"):
+        worker, pid = core.stem[len("python-core-worker-"):].rsplit("_", 1)
+        try:
+            with core.open(errors="replace") as f:
+                born = when(f.readline())
+            out = next(logs.glob(f"worker-{worker}-*-{pid}.out"), None)
+            name = re.search(r"^:actor_name:(.+)$", out.read_text(errors="replace"), re.M) if out else None
+        except OSError:
+            continue
+        actors.append({"actor": name[1] if name else None, "pid": int(pid), "process_start": born,
+                       "handed": handed.get(worker), "created": created.get(worker)})
+    return sorted(actors, key=lambda a: a["process_start"] or 0)
+
+
 def run_row(name: str, args, deadline: float) -> dict:
     out = args.out / name
     params = row_params(name, args.seed_steps if name == "seed" else args.steps, args.gsm8k, args.max_prompt_length,
@@ -159,7 +199,8 @@ def run_row(name: str, args, deadline: float) -> dict:
 
     steps = metrics.collect(out / "checkpoints")
     row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps,
-               startup_split_s=startup(out / "train.log", started, steps))
+               startup_split_s=startup(out / "train.log", started, steps),
+               ray_actors=ray_actors(started, out / "gcs_server.log"))
     # not the first step (compilation, CUDA graphs) nor the last (profiled, and the --keep row's checkpoint)
     last_is_special = name in args.profile or name == args.keep  # profiled, or saving the checkpoint
     measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:]
