@@ -134,6 +134,16 @@ def startup(log: Path, started: float, steps: list[dict]) -> dict:
             "vllm": found}
 
 
+def safely(read, *args) -> list:
+    """A reading of Ray's logs that fails (a Ray version that words them differently) costs its rows, not the
+    benchmark's other rows."""
+    try:
+        return read(*args)
+    except Exception as e:  # noqa: BLE001
+        print(f"[bench] {read.__name__}: {e!r}", file=sys.stderr)
+        return []
+
+
 RAY_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 
 
@@ -200,7 +210,7 @@ def run_row(name: str, args, deadline: float) -> dict:
     steps = metrics.collect(out / "checkpoints")
     row.update(wall_s=round(time.monotonic() - start, 1), exit=code, steps=steps,
                startup_split_s=startup(out / "train.log", started, steps),
-               ray_actors=ray_actors(started, out / "gcs_server.log"))
+               ray_actors=safely(ray_actors, started, out / "gcs_server.log"))
     # not the first step (compilation, CUDA graphs) nor the last (profiled, and the --keep row's checkpoint)
     last_is_special = name in args.profile or name == args.keep  # profiled, or saving the checkpoint
     measured = steps[1:-1] if len(steps) > 2 and last_is_special else steps[1:]
@@ -299,6 +309,14 @@ def table(rows: list[dict]) -> str:
         lines += [f"| {r['row']} | " + " | ".join(f"{r['startup_split_s']['phases'].get(p, float('nan')):.0f}" for p in phases)
                   + " | " + " | ".join(f"{r['startup_split_s']['vllm'].get(k, float('nan')):.1f}" for k in vllm) + " |"
                   for r in split]
+    for r in (r for r in rows if r.get("ray_actors")):
+        lines += ["", f"{r['row']}: Ray's worker processes by the actor they became (seconds from the launch):", "",
+                  "| actor | processes | first started | last handed its creation task | last created |", "|---|---|---|---|---|"]
+        for actor in dict.fromkeys(a["actor"] for a in r["ray_actors"]):
+            mine = [a for a in r["ray_actors"] if a["actor"] == actor]
+            last = [max((a[k] for a in mine if a[k] is not None), default=float("nan")) for k in ("handed", "created")]
+            lines.append(f"| {actor or '(idle, started ahead)'} | {len(mine)} | "
+                         f"{min(a['process_start'] or 0 for a in mine):.1f} | {last[0]:.1f} | {last[1]:.1f} |")
     return "\n".join(lines)
 
 
