@@ -176,10 +176,10 @@ def ray_actors(started: float, keep: Path) -> list[dict]:
             with core.open(errors="replace") as f:
                 born = when(f.readline())
             out = next(logs.glob(f"worker-{worker}-*-{pid}.out"), None)
-            name = re.search(r"^:actor_name:(.+)$", out.read_text(errors="replace"), re.MULTILINE) if out else None
+            name = re.search(r"^:(actor|task)_name:(.+)$", out.read_text(errors="replace"), re.MULTILINE) if out else None
         except OSError:
             continue
-        actors.append({"actor": name[1] if name else None, "pid": int(pid), "process_start": born,
+        actors.append({"actor": (name[2] if name[1] == "actor" else f"task {name[2]}") if name else None, "pid": int(pid), "process_start": born,
                        "handed": handed.get(worker), "created": created.get(worker)})
     return sorted(actors, key=lambda a: a["process_start"] or 0)
 
