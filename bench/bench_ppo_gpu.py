@@ -87,7 +87,7 @@ ROWS = {
 
 
 def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False,
-               profile_dir: Path | None = None, profile_last_step: bool = False) -> str:
+               profile_dir: Path | None = None, profile_last_step: bool = False, fit: tuple[str, ...] = ()) -> str:
     """The row's params JSON; with profile_dir, llm_bridge.phase_profile times what verl leaves untimed and logs
     the rollout's requests into that folder, and with profile_last_step also profiles the last step's call of each
     training-worker method (that step is left out of the medians)."""
@@ -97,7 +97,8 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
     preset = yaml.safe_load((REPO / "config" / "presets" / "h200x1.yaml").read_text())
     preset["ppo"] = {**preset["ppo"], **settings, "total_training_steps": steps, "save_freq": steps if keep else -1,
                      "test_freq": -1}
-    preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra
+    # `fit`: what another GPU needs for the tuned rows (an 80-GB H100: smaller token budgets); the seed's fit as they are
+    preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra + ([] if name == "seed" else list(fit))
     preset["env"] = {**preset.get("env", {}), **env}
     if profile_dir:
         modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
@@ -190,7 +191,7 @@ def run_row(name: str, args, deadline: float) -> dict:
                         keep=name == args.keep,
                         # the seed row is the baseline, not a subject: no timers of ours
                         profile_dir=None if name == "seed" else (out / "profile").resolve(),
-                        profile_last_step=name in args.profile)
+                        profile_last_step=name in args.profile, fit=tuple(args.fit.split()))
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
@@ -333,6 +334,8 @@ def main() -> None:
     parser.add_argument("--keep", default="", help="the row whose checkpoint is saved (for merged_model/evaluate)")
     # the profiled step (torch's profiler with Python stacks on three training-worker calls) took 200-227 s of GPU
     # time on 2026-12-06: profile one row of a run, not all
+    parser.add_argument("--fit", default="", help="verl overrides (space-separated) added to every row but the seed's, "
+                        "for a GPU the h200x1 preset does not fit (an H100: smaller token budgets)")
     parser.add_argument("--profile", default="", help="rows whose last step runs under the profiler (comma-separated)")
     parser.add_argument("--deadline", type=float, default=540, help="seconds for all rows; later rows are skipped")
     parser.add_argument("--min-row-s", type=float, default=330,

@@ -15,7 +15,8 @@
 #   bench-ppo=ROWS       bench/bench_ppo_gpu.py (PPO: seed vs tuned) with those rows, in the time left;
 #                        KEEP=ROW saves that row's checkpoint for chain-post; SEED_STEPS=N the seed row's steps, PPO_STEPS=N the others'
 #                        PROFILE=ROW[,ROW] runs those rows' last step under torch's profiler (3-4 minutes each;
-#                        with LLM_BRIDGE_PROFILE_STACKS=0 seconds: the timeline and the GPU's idle gaps, no stacks)
+#                        with LLM_BRIDGE_PROFILE_STACKS=0 seconds: the timeline and the GPU's idle gaps, no stacks);
+#                        PPO_FIT="OVERRIDE ..." verl overrides for every row but the seed's (an H100: smaller budgets)
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
 #   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
 #                        PPO_MODEL=DIR the model, as for bench-ppo)
@@ -151,7 +152,7 @@ EOF
       post "/tmp/bench-ppo/${KEEP:?KEEP names the benchmark row whose checkpoint to merge}" ;;
     bench-ppo=*)
       python3 bench/bench_ppo_gpu.py --model-dir "${PPO_MODEL:-$WORK/sft/model}" --data-dir "$WORK/parquet" --out /tmp/bench-ppo \
-        --rows "${task#bench-ppo=}" --keep "${KEEP:-}" --profile "${PROFILE:-}" --seed-steps "${SEED_STEPS:-3}" --steps "${PPO_STEPS:-5}" --deadline $(( $(left) - 25 )) 2>&1 \
+        --rows "${task#bench-ppo=}" --keep "${KEEP:-}" --profile "${PROFILE:-}" --fit "${PPO_FIT:-}" --seed-steps "${SEED_STEPS:-3}" --steps "${PPO_STEPS:-5}" --deadline $(( $(left) - 25 )) 2>&1 \
         | grep -E "^\[bench\]|^\||^torch" | tee -a "$OUT/info.txt"
       cp /tmp/bench-ppo/table.md /tmp/bench-ppo/results.json "$OUT/" 2>/dev/null
       pack "$OUT/bench-ppo-logs.tgz" bench-ppo ;;
