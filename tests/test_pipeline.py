@@ -110,6 +110,17 @@ def test_ppo_checkpoint_reward_and_merge(finished_run):
     assert "[merge]" in finished_run["log"] and "generation check" in finished_run["log"]
 
 
+def test_checkpoints_are_stamped_with_the_model_they_were_trained_from(finished_run):
+    """Each training stage's checkpoints name the model they started from, file by file, as it is now: a rerun
+    with that model untouched resumes, and one after it was retrained (same path) starts fresh (test_launch)."""
+    run = finished_run["run"]
+    for stage, model in (("sft", run / "base_model"), ("ppo", run / "sft" / "model")):
+        model = model.resolve()
+        inputs = json.loads((run / stage / "checkpoints" / "settings.json").read_text())["inputs"]
+        now = {str(f.relative_to(model)): [f.stat().st_size, f.stat().st_mtime_ns] for f in model.rglob("*") if f.is_file()}
+        assert "model.safetensors" in now and inputs[str(model)] == now
+
+
 def test_eval_has_all_three_models(finished_run):
     results = json.loads((finished_run["run"] / "evaluate" / "eval.json").read_text())
     assert list(results["models"]) == ["base", "sft", "ppo"]

@@ -2,6 +2,7 @@
 clean stop on every exit path, and a work folder that is resumed only when its settings are unchanged."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -79,16 +80,46 @@ def attention_fallback(overrides: list[str], prefixes: list[str]) -> list[str]:
     return [f"+{p}model.override_config.attn_implementation=sdpa" for p in prefixes]
 
 
+def input_stamp(data: list[Path], code: list[Path]) -> dict[str, object]:
+    """What a stage's checkpoints were trained from, for its settings stamp: each data input (a model folder, a
+    parquet file) by its files' sizes and modification times (a model is gigabytes: no hashing), each code file by
+    its content (a checkout touches files it does not change). Snakemake reruns a stage when an input changed; the
+    rerun must then train afresh, not resume the checkpoints of the old SFT model or data, which keep their path."""
+    stamp: dict[str, object] = {}
+    for path in data:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        stamp[str(path)] = {str(f.relative_to(path)) if f != path else f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+                            for f in files}
+    for path in code:
+        stamp[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return stamp
+
+
+def what_changed(old: dict, new: dict) -> str:
+    """Which settings (or inputs, by path) differ between two stamps, for the "starting fresh" line."""
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    if keys == ["inputs"] and isinstance(old.get("inputs"), dict) and isinstance(new.get("inputs"), dict):
+        paths = [k for k in sorted(old["inputs"].keys() | new["inputs"].keys()) if old["inputs"].get(k) != new["inputs"].get(k)]
+        return f"the inputs changed ({', '.join(paths)})"
+    return f"the settings changed ({', '.join(keys)})"
+
+
 def prepare_work_dir(work_dir: Path, settings: dict) -> int:
     """Keep `work_dir` (and its checkpoints) only if it was made with the same settings; returns the step verl
-    will resume from (0: from scratch). A changed learning rate must not resume from checkpoints of the old one."""
+    will resume from (0: from scratch). A changed learning rate, or a retrained SFT model (the `inputs` of
+    input_stamp), must not resume from checkpoints of the old one."""
     stamp = work_dir / "settings.json"
     text = json.dumps(settings, sort_keys=True, indent=1)
     if work_dir.exists():
-        if stamp.exists() and stamp.read_text() == text:
+        old = stamp.read_text() if stamp.exists() else None
+        if old == text:
             repair_tracker(work_dir)
             return recorded_step(work_dir)
-        print(f"[launch] settings changed since {work_dir} was started: starting fresh", flush=True)
+        try:
+            reason = what_changed(json.loads(old), json.loads(text)) if old else "the settings changed (no stamp)"
+        except ValueError:
+            reason = "the settings changed (an unreadable stamp)"
+        print(f"[launch] {reason} since {work_dir} was started: starting fresh", flush=True)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
     stamp.write_text(text)

@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides = verl_overrides(params["ppo"], args.sft_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster,
                                params["max_prompt_length"], params["seed"])
     overrides += seeded_rollout.verl_overrides(args.out_dir, params["seed"])
-    resume_step = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster})
+    inputs = launch.input_stamp([args.sft_model.resolve(), *(args.data_dir.resolve() / f for f in ("train.parquet", "test.parquet"))],
+                                [Path(__file__), Path(launch.__file__), Path(seeded_rollout.__file__)])  # rules/ppo.smk's code
+    resume_step = launch.prepare_work_dir(work, {"overrides": overrides, "cluster": cluster, "inputs": inputs})
     print(f"[ppo] {f'resuming from step {resume_step}' if resume_step else 'starting from step 0'}; checkpoints in {work}", flush=True)
     logger, logger_env = launch.loggers(params.get("logging", {}), args.out_dir)
     # hydra's own run folder (config snapshot, .hydra/) goes beside the stage's outputs, not into the cwd

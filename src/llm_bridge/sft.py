@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
                          "`snakemake --profile slurm` (srun --ntasks-per-node=1)")
     work = args.out_dir / "checkpoints"
     overrides = verl_overrides(params["sft"], args.base_model.resolve(), args.data_dir.resolve(), work.resolve(), cluster, params["seed"])
-    settings = {"overrides": overrides, "cluster": params["cluster"]}
+    inputs = launch.input_stamp([args.base_model.resolve(), *(args.data_dir.resolve() / f for f in ("sft_train.parquet", "sft_test.parquet"))],
+                                [Path(__file__), Path(launch.__file__)])  # rules/sft.smk's code
+    settings = {"overrides": overrides, "cluster": params["cluster"], "inputs": inputs}
     if node_rank == 0:  # one node decides whether the checkpoints are kept; the others wait for its stamp
         resume_step = launch.prepare_work_dir(work, settings)
     else:
