@@ -41,6 +41,13 @@ pack() {
     -o -name '*.md' -o -name '*.yaml' \) 2>/dev/null | tar -czf "$tarball" -T -)
 }
 
+# Whether Python keeps the payload's compiled modules (the payload installs with --no-compile): if not, every one
+# of a PPO run's ~30 processes compiles vLLM, verl and transformers again as it imports them.
+pycache() {
+  python3 -c 'import os, sys; from pathlib import Path
+print("bytecode: dont_write_bytecode", sys.flags.dont_write_bytecode, "PYTHONPYCACHEPREFIX", os.environ.get("PYTHONPYCACHEPREFIX"),
+      "compiled modules in /tmp/site:", sum(1 for _ in Path("/tmp/site").rglob("*.pyc")))'
+}
 BG=/tmp/llm-bridge-bg
 if [[ "${1:-}" == bg ]]; then
   shift; rm -rf "$BG"; mkdir -p "$BG"
@@ -51,6 +58,7 @@ if [[ "${1:-}" == wait=* ]]; then
   t=$SECONDS; until [[ -f $BG/done ]] || (( SECONDS - t >= ${1#wait=} )); do sleep 5; done
   [[ -f $BG/done ]] && echo "detached tasks finished" || echo "detached tasks still running"
   tail -n 25 "$BG/out/info.txt" 2>/dev/null
+  pycache
   cp "$BG"/out/*.json "$BG"/out/*.md "$BG/out/info.txt" "$OUT/" 2>/dev/null
   [[ -f $BG/done ]] || cp /tmp/bench-ppo/results.json "$OUT/bench_results_so_far.json" 2>/dev/null
   pack "$OUT/logs.tgz" llm-bridge-logs llm-bridge-bg $( [[ -d /tmp/bench-ppo ]] && echo bench-ppo )
@@ -88,6 +96,7 @@ export PYTHONPATH=/tmp/site:$PWD/src
   python3 -c 'import torch, transformers, verl; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "transformers", transformers.__version__, "verl", verl.__version__, "gpus", torch.cuda.device_count())'
   python3 -c 'import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ("flash_attn", "vllm", "sglang", "tensorrt_llm", "liger_kernel", "flashinfer")})'
+  pycache
 } 2>&1 | tee "$OUT/info.txt"
 
 post() {  # merged_model -> evaluate on the ppo stage output in $1, as rules/merge.smk and rules/evaluate.smk run them
