@@ -127,7 +127,8 @@ def startup(log: Path, started: float, steps: list[dict]) -> dict:
     except OSError:
         return {}
     marks = console.startup_marks(text)
-    ready = marks.get(console.PPO_STARTUP[-1][1])
+    # the first step's timer starts at verl's "ready to fit" (the agent loops come up inside it, in `prepare`)
+    ready = marks.get(next(phase for line, phase, _ in console.PPO_STARTUP if line.startswith("all initialize finished")))
     first = steps[0].get("timing_s/step") if steps else None
     first_done = ready + first if ready and first else None
     found = {name: float(m[1]) for name, pattern in VLLM_STARTUP.items() if (m := re.search(pattern, text))}

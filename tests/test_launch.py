@@ -190,17 +190,19 @@ def test_ppo_start_up_is_followed_phase_by_phase_then_summed_up(tmp_path, capsys
     assert progress.status()[0] == "starting verl: building the FSDP workers"
     progress.saw(verl_line(300, "critic model engine initialized"))  # the actor's line ends the phase, not this
     progress.saw(verl_line(270, "actor and ref model engine initialized"))
-    assert progress.status()[0] == "starting verl: starting vLLM and the agent loops"
+    assert progress.status()[0] == "starting verl: starting vLLM"
     progress.saw("INFO:2026-13-45 99:00:00,000:all initialize finished, ready to fit")  # not a time: no mark, no error
-    assert progress.status()[0] == "starting verl: starting vLLM and the agent loops"
-    progress.saw(verl_line(80, "all initialize finished, ready to fit"))
+    assert progress.status()[0] == "starting verl: starting vLLM"
+    progress.saw(verl_line(120, "all initialize finished, ready to fit"))
+    assert progress.status()[0] == "starting verl: starting the agent loops"
+    progress.saw(verl_line(80, f"{console.AGENT_LOOPS_UP} (llm-bridge)"))  # llm_bridge.verl_fixes's line
     assert progress.status()[0] == "starting verl: the first step"
     metrics.write_text(json.dumps({"step": 1, "data": {"critic/score/mean": 0.5}}) + "\n")
     progress.update()
     progress.saw(verl_line(1, "all initialize finished, ready to fit"))  # after the start-up: ignored
     lines = [line for line in capsys.readouterr().out.splitlines() if "start-up" in line]
     assert lines == [("[ppo] start-up 6m40s: launch and Ray + data 70 s · FSDP workers 60 s · "
-                      "vLLM and the agent loops 190 s · first step 80 s")]
+                      "vLLM 150 s · agent loops 40 s · first step 80 s")]
     info, eta = progress.status()
     assert info == "reward 0.5" and eta.startswith("80.0 s/step")  # the first step alone, not the start-up with it
 

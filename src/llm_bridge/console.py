@@ -19,11 +19,13 @@ QUIET_EVERY_S = 60.0  # ...and at least this often while no step finishes (verl 
 # verl's PPO start-up as its log tells it (verl 0.9.1; Ray's own line first): the line that ends each phase, the
 # phase, and what runs after it. Until the first step is done the terminal says what runs now, then one line says
 # where the start-up went (5-6 minutes on one H200, most of it vLLM's: docs/benchmarks.md).
+AGENT_LOOPS_UP = "agent-loop workers took their first batch"  # printed by llm_bridge.verl_fixes: verl has no such line
 PPO_STARTUP = (
     ("Started a local Ray instance", "launch and Ray", "loading the data"),
     ("dataloader initialized", "data", "building the FSDP workers"),
-    ("actor and ref model engine initialized", "FSDP workers", "starting vLLM and the agent loops"),
-    ("all initialize finished, ready to fit", "vLLM and the agent loops", "the first step"),
+    ("actor and ref model engine initialized", "FSDP workers", "starting vLLM"),
+    ("all initialize finished, ready to fit", "vLLM", "starting the agent loops"),
+    (AGENT_LOOPS_UP, "agent loops", "the first step"),
 )
 STAMP = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})[,.](\d{3})")  # Ray's and verl's log timestamps
 

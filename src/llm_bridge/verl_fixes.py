@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import time
 import types
 
 VERL_VERSION_CHECKED = "0.9.1"
@@ -307,6 +308,33 @@ def _gc_heap_frozen(module, names: tuple[str, ...], before: bool = False) -> Non
             setattr(cls, method_name, _frozen(method, before))
 
 
+def _say_when_agent_loops_are_up(agent_loop_tq) -> None:
+    """Not a fix: a line for PPO's start-up split on the terminal (llm_bridge.console.PPO_STARTUP). verl creates
+    its agent-loop workers (8 processes that import vLLM and verl; 1 on the CPU preset) after its last start-up
+    line, "ready to fit", and the first batch handed to them waits until they are up: 42-46 s of the H200's first
+    step (its `prepare`, docs/benchmarks.md) that no line told apart from the step. This prints, in verl's own
+    log format, when the first batch has been taken."""
+    from llm_bridge.console import AGENT_LOOPS_UP
+
+    manager = agent_loop_tq.AgentLoopManagerTQ
+    method = manager.generate_sequences
+    if getattr(method, "says_when_up", False):
+        return
+
+    @functools.wraps(method)
+    def generate_sequences(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        if not getattr(self, "_llm_bridge_said_up", False):
+            self._llm_bridge_said_up = True
+            now = time.time()
+            print(f"INFO:{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))},{int(now % 1 * 1000):03d}:"
+                  f"{AGENT_LOOPS_UP} (llm-bridge)", flush=True)
+        return result
+
+    generate_sequences.says_when_up = True
+    manager.generate_sequences = generate_sequences
+
+
 class _Done:
     """An awaitable that is already finished: `await _Done(x)` is x."""
 
@@ -403,3 +431,4 @@ _when_imported("verl.workers.rollout.vllm_rollout.vllm_async_server",
                lambda server: _gc_heap_frozen(server, ("vLLMHttpServer.launch_server",)))
 _when_imported("verl.experimental.agent_loop.agent_loop",
                lambda loop: _gc_heap_frozen(loop, ("AgentLoopWorker.__init__",)))
+_when_imported("verl.trainer.ppo.v1.agent_loop_tq", _say_when_agent_loops_are_up)
