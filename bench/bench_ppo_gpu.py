@@ -73,6 +73,11 @@ ROWS = {
     "tuned-gc-unfrozen": ({}, [], {"LLM_BRIDGE_GC_UNFROZEN": "1"}),
     # both of verl's host-side behaviours back: what the two fixes save together
     "tuned-verl-host": ({}, [], {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1", "LLM_BRIDGE_GC_UNFROZEN": "1"}),
+    # the CPU preset's start-up cuts on the GPU: no 8 reward-loop processes (the agent loop scores its rollouts
+    # itself, llm_bridge.verl_fixes; they start beside vLLM's server, 15 s of imports each) and no 16 idle Ray
+    # workers started ahead (none of them became an actor on the H100, 2026-12-06: Ray starts every actor anew)
+    "tuned-lean-start": ({}, ["reward.num_workers=0"], {"RAY_enable_worker_prestart": "0",
+                                                         "RAY_prestart_worker_first_driver": "0"}),
     # the value pass over the whole step (85k tokens) in one micro batch instead of two of at most 64k: the pass is
     # forward only (no activations kept) and waits on the host (GPU busy 18 % under the profiler, 2026-12-06)
     "tuned-one-value-batch": ({}, ["critic.forward_max_token_len_per_gpu=131072"], {}),
