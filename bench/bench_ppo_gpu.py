@@ -151,19 +151,17 @@ def safely(read, *args) -> list:
         return []
 
 
-RAY_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
-
-
 def ray_actors(started: float, keep: Path) -> list[dict]:
     """Each Ray worker process of the row's (just finished) Ray session: the actor it became (none for the idle
     ones Ray starts ahead), when the process started, when its actor was handed its creation task and when that
     task (the class's imports and __init__) ended: seconds from the launch, read from Ray's own logs. This is
     what the start-up's phases are made of. Ray's GCS log is kept beside the row (`keep`) for a closer look."""
+    from llm_bridge import console
+
     logs = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "logs"
 
-    def when(line: str) -> float | None:
-        m = RAY_STAMP.match(line)
-        return round(time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1e3 - started, 1) if m else None
+    def when(line: str) -> float | None:  # Ray's lines open with "[2026-12-06 12:40:01,476 I ..."
+        return round(t - started, 1) if (t := console.log_time(line)) is not None else None
 
     try:
         gcs = (logs / "gcs_server.out").read_text(errors="replace")

@@ -50,15 +50,23 @@ def metrics_summary(stage: str, record: dict) -> str:
     return "  ".join(f"{label} {record[key]:.4g}" for label, key in keys if isinstance(record.get(key), (int, float)))
 
 
+def log_time(line: str) -> float | None:
+    """The epoch seconds of the first Ray/verl timestamp in `line` (local time, as they write it); None if it has
+    none, or one that only looks like a timestamp. Never raises."""
+    if not (stamp := STAMP.search(line)):
+        return None
+    try:
+        return time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
+    except (ValueError, OverflowError):
+        return None
+
+
 def startup_mark(line: str, phases=PPO_STARTUP) -> tuple[str, float] | None:
     """(phase, its end in epoch seconds, from the line's timestamp) if `line` ends a start-up phase, else None.
     Never raises: the launcher's reader thread calls it on every line the child prints."""
     for marker, phase, _ in phases:
-        if marker in line and (stamp := STAMP.search(line)):
-            try:
-                return phase, time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S")) + int(stamp[2]) / 1e3
-            except (ValueError, OverflowError):  # a line that only looks like a timestamp
-                return None
+        if marker in line:
+            return (phase, when) if (when := log_time(line)) is not None else None
     return None
 
 

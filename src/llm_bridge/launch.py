@@ -88,7 +88,7 @@ def input_stamp(data: list[Path], code: list[Path]) -> dict[str, object]:
     stamp: dict[str, object] = {}
     for path in data:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        stamp[str(path)] = {str(f.relative_to(path)) if f != path else f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+        stamp[str(path)] = {str(f.relative_to(path)) if f != path else f.name: [(st := f.stat()).st_size, st.st_mtime_ns]
                             for f in files}
     for path in code:
         stamp[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
