@@ -71,6 +71,9 @@ ROWS = {
     # verl's garbage collector settings: full collections scan everything the processes built (llm_bridge.verl_fixes
     # freezes the heap after the build)
     "tuned-gc-unfrozen": ({}, [], {"LLM_BRIDGE_GC_UNFROZEN": "1"}),
+    # verl's mini- and micro-batch row selection: one tensor a sample, picked in Python and concatenated
+    # (llm_bridge.verl_fixes slices each nested field's packed values at once)
+    "tuned-verl-splits": ({}, [], {"LLM_BRIDGE_VERL_SPLITS": "1"}),
     # both of verl's host-side behaviours back: what the two fixes save together
     "tuned-verl-host": ({}, [], {"LLM_BRIDGE_KEEP_SAMPLE_OBJECTS": "1", "LLM_BRIDGE_GC_UNFROZEN": "1"}),
     # the CPU preset's start-up cuts on the GPU: no 8 reward-loop processes (the agent loop scores its rollouts

@@ -79,6 +79,7 @@ def _critic_attention_as_configured() -> None:
 
 
 REPLAY_POLL_S = 0.1
+HOST_OFFSETS = "_llm_bridge_host_offsets"  # a nested tensor's offsets as a numpy array, kept by take_rows
 
 
 _PENDING: dict[str, list] = {}  # module name -> patches waiting for its import, in the order they were asked for
@@ -209,6 +210,71 @@ def _sample_objects_stay_behind(module, name: str) -> None:
 
     lean.leaves_sample_objects = True
     setattr(module, name, lean)
+
+
+def _rows_selected_at_once(tensordict_utils) -> None:
+    """verl 0.9.1 selects a mini batch's or a micro batch's rows of each nested (jagged) field by unbinding it into
+    one tensor per sample, picking them in a Python list and concatenating them again (tensordict_utils.
+    index_select_tensor_dict, behind both make_iterator and rearrange_micro_batches): 13 nested fields of 256
+    samples cost 98 ms of Python a PPO update on a 2-core Zen 4, with the GPU idle (the 25-30 ms gaps at each
+    split of the H100's actor update, 2026-12-06). Here a field's rows are one slice or one index_select of its
+    packed values, the offsets are computed on the host once a field and kept on the result, so the next split
+    reads them without waiting on the GPU, and the result carries its min/max lengths. Same values and offsets as
+    verl's (tests/test_presets.py). LLM_BRIDGE_VERL_SPLITS=1 keeps verl's behaviour (the benchmark's baseline)."""
+    if os.environ.get("LLM_BRIDGE_VERL_SPLITS") == "1":
+        return
+    original = tensordict_utils.index_select_tensor_dict
+    if getattr(original, "selects_at_once", False):
+        return
+
+    @functools.wraps(original)
+    def index_select_tensor_dict(batch, indices):
+        import numpy as np
+        import torch
+
+        if batch is None:
+            return original(batch, indices)
+        rows = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+        nested = {key: value for key, value in batch.items()
+                  if isinstance(value, torch.Tensor) and value.is_nested and _packed_rows(value) and len(rows)}
+        selected = original(batch.exclude(*nested) if nested else batch, indices)
+        for key, value in nested.items():
+            selected[key] = take_rows(value, rows)
+        return selected
+
+    index_select_tensor_dict.selects_at_once = True
+    tensordict_utils.index_select_tensor_dict = index_select_tensor_dict
+
+
+def _packed_rows(tensor) -> bool:
+    """A jagged nested tensor ragged in its first sample dimension with no holes: its rows are slices of values."""
+    import torch
+
+    return tensor.layout == torch.jagged and getattr(tensor, "_ragged_idx", 1) == 1 and tensor._lengths is None
+
+
+def take_rows(tensor, rows: np.ndarray):
+    """Rows `rows` of a packed jagged nested tensor, as a new one (values copied, as verl's selection copies)."""
+    import numpy as np
+    import torch
+
+    host = getattr(tensor, HOST_OFFSETS, None)
+    if host is None:
+        host = tensor.offsets().cpu().numpy()  # the one wait on the GPU a field (verl's unbind waits as well)
+    starts, lengths = host[rows], host[rows + 1] - host[rows]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = tensor.values()
+    if (np.diff(rows) == 1).all():  # mini batches: consecutive rows, one slice
+        picked = values[starts[0]:starts[0] + offsets[-1]].clone()
+    else:
+        index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        picked = values.index_select(0, torch.from_numpy(index).to(values.device))
+    result = torch.nested.nested_tensor_from_jagged(
+        picked, offsets=torch.from_numpy(offsets).to(values.device),
+        min_seqlen=int(lengths.min()), max_seqlen=int(lengths.max()))
+    setattr(result, HOST_OFFSETS, offsets)
+    return result
 
 
 def fields_workers_read(batch) -> list[str]:
@@ -421,6 +487,7 @@ _when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_l
 _when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
 # the mini-batch split (called as tu.make_iterator) and the micro-batch split (a name imported into the engine)
 _when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
+_when_imported("verl.utils.tensordict_utils", _rows_selected_at_once)
 _when_imported("verl.workers.engine.fsdp.transformer_impl",
                lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
 _when_imported("verl.trainer.ppo.v1.trainer_base", _workers_fetch_no_sample_objects)
