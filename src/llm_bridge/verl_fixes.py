@@ -218,8 +218,9 @@ def _rows_selected_at_once(tensordict_utils) -> None:
     index_select_tensor_dict, behind both make_iterator and rearrange_micro_batches): 13 nested fields of 256
     samples cost 98 ms of Python a PPO update on a 2-core Zen 4, with the GPU idle (the 25-30 ms gaps at each
     split of the H100's actor update, 2026-12-06). Here a field's rows are one slice or one index_select of its
-    packed values, the offsets are computed on the host once a field and kept on the result, so the next split
-    reads them without waiting on the GPU, and the result carries its min/max lengths. Same values and offsets as
+    packed values; the offsets are read to the host once a field and update and kept on the field and on the
+    result, so later splits read them without waiting on the GPU; the result carries its min/max lengths. Same
+    values and offsets as
     verl's (tests/test_presets.py). LLM_BRIDGE_VERL_SPLITS=1 keeps verl's behaviour (the benchmark's baseline)."""
     if os.environ.get("LLM_BRIDGE_VERL_SPLITS") == "1":
         return
@@ -259,8 +260,9 @@ def take_rows(tensor, rows: np.ndarray):
     import torch
 
     host = getattr(tensor, HOST_OFFSETS, None)
-    if host is None:
-        host = tensor.offsets().cpu().numpy()  # the one wait on the GPU a field (verl's unbind waits as well)
+    if host is None:  # the one wait on the GPU a field and update (verl's unbind waits at every split)
+        host = tensor.offsets().cpu().numpy()
+        setattr(tensor, HOST_OFFSETS, host)
     starts, lengths = host[rows], host[rows + 1] - host[rows]
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
