@@ -220,8 +220,8 @@ def _rows_selected_at_once(tensordict_utils) -> None:
     split of the H100's actor update, 2026-12-06). Here a field's rows are one slice or one index_select of its
     packed values; the offsets are read to the host once a field and update and kept on the field and on the
     result, so later splits read them without waiting on the GPU; the result carries its min/max lengths. Same
-    values and offsets as
-    verl's (tests/test_presets.py). LLM_BRIDGE_VERL_SPLITS=1 keeps verl's behaviour (the benchmark's baseline)."""
+    values and offsets as verl's (tests/test_presets.py). LLM_BRIDGE_VERL_SPLITS=1 keeps verl's behaviour (the
+    benchmark's baseline)."""
     if os.environ.get("LLM_BRIDGE_VERL_SPLITS") == "1":
         return
     original = tensordict_utils.index_select_tensor_dict
