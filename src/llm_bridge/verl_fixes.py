@@ -254,8 +254,9 @@ def _packed_rows(tensor) -> bool:
     return tensor.layout == torch.jagged and getattr(tensor, "_ragged_idx", 1) == 1 and tensor._lengths is None
 
 
-def take_rows(tensor, rows: np.ndarray):
-    """Rows `rows` of a packed jagged nested tensor, as a new one (values copied, as verl's selection copies)."""
+def take_rows(tensor, rows):
+    """Rows `rows` (a numpy int64 array) of a packed jagged nested tensor, as a new one (values copied, as verl's
+    selection copies)."""
     import numpy as np
     import torch
 
