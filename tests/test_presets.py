@@ -347,9 +347,9 @@ def test_mini_and_micro_batches_select_rows_at_once():
     """verl 0.9.1 selects each mini batch's and micro batch's rows of a nested field by unbinding it into one tensor a
     sample (98 ms of GPU-idle Python a PPO update on a 2-core Zen 4); llm_bridge.verl_fixes slices the packed
     values at once. On a batch with nested fields of 1-D and 2-D samples (one ragged in its last dimension, left
-    to verl), plain tensors and metadata: the same
-    values, offsets and other fields as verl's for consecutive rows (mini batches), scattered rows (micro batches)
-    and a selection of a selection (which reads the offsets kept on the host), with the min/max lengths set."""
+    to verl), plain tensors and metadata: the same values, offsets and other fields as verl's for consecutive rows
+    (mini batches), scattered rows (micro batches) and a selection of a selection (which reads the offsets kept on
+    the host), with the min/max lengths set."""
     script = """
 import numpy as np, torch
 from tensordict import NonTensorData, TensorDict

@@ -237,7 +237,7 @@ def _rows_selected_at_once(tensordict_utils) -> None:
             return original(batch, indices)
         rows = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
         nested = {key: value for key, value in batch.items()
-                  if isinstance(value, torch.Tensor) and value.is_nested and _packed_rows(value) and len(rows)}
+                  if isinstance(value, torch.Tensor) and value.is_nested and _packed_rows(value)} if len(rows) else {}
         selected = original(batch.exclude(*nested) if nested else batch, indices)
         for key, value in nested.items():
             selected[key] = take_rows(value, rows)
@@ -264,7 +264,8 @@ def take_rows(tensor, rows):
     if host is None:  # the one wait on the GPU a field and update (verl's unbind waits at every split)
         host = tensor.offsets().cpu().numpy()
         setattr(tensor, HOST_OFFSETS, host)
-    starts, lengths = host[rows], host[rows + 1] - host[rows]
+    starts = host[rows]
+    lengths = host[rows + 1] - starts
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     values = tensor.values()
