@@ -381,6 +381,46 @@ print("same")
     assert run_with_verl_fixes(check, LLM_BRIDGE_VERL_SPLITS="1").split()[-1] == "False"
 
 
+def test_decoder_layers_compile_to_the_same_numbers():
+    """LLM_BRIDGE_COMPILE_LAYERS=1 puts each decoder layer of verl's FSDP engine under torch.compile (the benchmark's
+    `tuned-compile` row; off by default). On a tiny Llama: every layer compiled, the same loss and gradients as
+    eager for packed micro batches of three lengths, and the third length served by the compiled graphs already
+    built (no compile a micro batch); without the switch verl's engine builds its model as before."""
+    script = """
+import copy, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from torch._dynamo.utils import counters
+from llm_bridge.verl_fixes import compile_decoder_layers
+from verl.workers.engine.fsdp import transformer_impl
+assert transformer_impl.FSDPEngine._build_fsdp_module.compiles_layers
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2)
+eager = LlamaForCausalLM(config)
+compiled = copy.deepcopy(eager)
+assert compile_decoder_layers(compiled) == 2
+graphs = []
+for length in (10, 13, 17):
+    ids = torch.randint(0, 64, (1, length))
+    positions = torch.cat([torch.arange(4), torch.arange(length - 4)])[None]  # two sequences packed in one row
+    results = []
+    for model in (eager, compiled):
+        model.zero_grad()
+        loss = model(input_ids=ids, position_ids=positions, labels=ids).loss
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (loss_e, grads_e), (loss_c, grads_c) = results
+    assert torch.allclose(loss_e, loss_c, atol=1e-6), (length, loss_e, loss_c)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_e, grads_c)), length
+    graphs.append(counters["stats"]["unique_graphs"])
+assert graphs[0] > 0 and graphs[2] == graphs[1], graphs
+print("same")
+"""
+    assert run_with_verl_fixes(script, LLM_BRIDGE_COMPILE_LAYERS="1").split()[-1] == "same"
+    check = "from verl.workers.engine.fsdp import transformer_impl as t; print(hasattr(t.FSDPEngine._build_fsdp_module, 'compiles_layers'))"
+    assert run_with_verl_fixes(check).split()[-1] == "False"
+
+
 def test_training_workers_fetch_no_per_sample_objects():
     """Before any split the objects travel: verl 0.9.1's trainer hands a training-worker call the batch's
     TransferQueue keys with no field list, and the worker fetches every field, the objects pickled with the

@@ -26,6 +26,7 @@ ATTN_NAME = "varlen"
 _state = {"repeat_kv": False}
 
 
+@torch.compiler.disable  # data-dependent (nonzero, a host int) and an attribute on a tensor: left out of compiled layers
 def _boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """cu_seqlens and max length of the packed row (positions restart at 0 for each sequence). Cached on the
     tensor object: every layer (and a checkpointed recompute) gets the same position_ids, so one sync a forward."""
