@@ -24,9 +24,9 @@ import torch
 
 ATTN_NAME = "varlen"
 _state = {"repeat_kv": False}
+VARLEN_DEVICES = {"cuda"}  # where torch has the varlen kernel; elsewhere attention goes to SDPA
 
 
-@torch.compiler.disable  # data-dependent (nonzero, a host int) and an attribute on a tensor: left out of compiled layers
 def _boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """cu_seqlens and max length of the packed row (positions restart at 0 for each sequence). Cached on the
     tensor object: every layer (and a checkpointed recompute) gets the same position_ids, so one sync a forward."""
@@ -41,19 +41,34 @@ def _boundaries(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return result
 
 
+def boundaries_as_kwargs(module, args, kwargs):
+    """Forward pre-hook (with_kwargs) for the model under the head (the one holding the decoder layers): a packed
+    row's boundaries computed once before the layers and handed to each attention call as transformers'
+    flash-attention kwargs (cu_seq_lens_q/k, max_length_q/k), which it passes down. Computed inside a compiled
+    layer they would split it into five graphs (a data-dependent nonzero, a host int): torch.compile needs this."""
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or kwargs.get("attention_mask") is not None or position_ids.dim() != 2 \
+            or position_ids.shape[0] != 1 or "cu_seq_lens_q" in kwargs:
+        return None
+    cu, max_len = _boundaries(position_ids)
+    return args, {**kwargs, "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
+
+
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers attention interface: (B, H, T, D) in, (B, T, H, D) out. Packed single rows go to the varlen
     flash kernel; anything else (padded batches, generation with a cache, CPU) goes to SDPA unchanged."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or not query.is_cuda \
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or query.device.type not in VARLEN_DEVICES \
             or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     from torch.nn.attention.varlen import varlen_attn
 
-    cu, max_len = _boundaries(position_ids)
+    cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu is None:
+        cu, max_len = _boundaries(position_ids)
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, D)
     if _state["repeat_kv"] and k.shape[1] != q.shape[1]:
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))

@@ -260,9 +260,15 @@ def compile_decoder_layers(model) -> int:
 
     # one compiled code object serves every layer; token counts change each micro batch (dynamic after the first)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    from llm_bridge.gpu_support import ATTN_NAME, boundaries_as_kwargs
+
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     for layer in layers:
         layer.compile()
+    for stack in model.modules():  # varlen attention: packed rows' boundaries computed before the compiled layers
+        if isinstance(getattr(stack, "layers", None), torch.nn.ModuleList) \
+                and getattr(getattr(stack, "config", None), "_attn_implementation", None) == ATTN_NAME:
+            stack.register_forward_pre_hook(boundaries_as_kwargs, with_kwargs=True)
     return len(layers)
 
 
