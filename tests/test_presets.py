@@ -394,7 +394,7 @@ import torch.nn.attention.varlen
 from transformers import LlamaConfig, LlamaForCausalLM
 from torch._dynamo.utils import counters
 from llm_bridge import gpu_support
-from llm_bridge.verl_fixes import compile_decoder_layers
+from llm_bridge.gpu_support import compile_decoder_layers
 from verl.workers.engine.fsdp import transformer_impl
 assert transformer_impl.FSDPEngine._build_fsdp_module.compiles_layers
 

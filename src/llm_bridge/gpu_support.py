@@ -83,6 +83,24 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     return out.unsqueeze(0), None
 
 
+def compile_decoder_layers(model) -> int:
+    """Each transformer block of `model` (a class named *DecoderLayer, inside FSDP's wrappers or not) under
+    torch.compile, the "regional compilation" torch recommends: one compiled graph shared by all the layers, FSDP's
+    hooks left outside it. The layer's small kernels (norms, rotary embedding, SwiGLU, residual adds) become a few
+    fused ones, launched from one graph: the update's GPU sat idle 28 % of its time while the host launched them
+    one by one (the H100's actor update, 2026-12-06). Returns the number of layers compiled."""
+    # one compiled code object serves every layer; token counts change each micro batch (dynamic after the first)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile()
+    for stack in model.modules():  # varlen attention: packed rows' boundaries computed before the compiled layers
+        if isinstance(getattr(stack, "layers", None), torch.nn.ModuleList) \
+                and getattr(getattr(stack, "config", None), "_attn_implementation", None) == ATTN_NAME:
+            stack.register_forward_pre_hook(boundaries_as_kwargs, with_kwargs=True)
+    return len(layers)
+
+
 def logprobs_vectorised(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(label) for every row at once (fp32 softmax inside cross_entropy), instead of verl's per-row loop."""
     flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),

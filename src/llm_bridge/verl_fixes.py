@@ -250,28 +250,6 @@ def _rows_selected_at_once(tensordict_utils) -> None:
 COMPILE_LAYERS = "LLM_BRIDGE_COMPILE_LAYERS"  # "1": each decoder layer under torch.compile (off by default)
 
 
-def compile_decoder_layers(model) -> int:
-    """Each transformer block of `model` (a class named *DecoderLayer, inside FSDP's wrappers or not) under
-    torch.compile, the "regional compilation" torch recommends: one compiled graph shared by all the layers, FSDP's
-    hooks left outside it. The layer's small kernels (norms, rotary embedding, SwiGLU, residual adds) become a few
-    fused ones, launched from one graph: the update's GPU sat idle 28 % of its time while the host launched them
-    one by one (the H100's actor update, 2026-12-06). Returns the number of layers compiled."""
-    import torch
-
-    # one compiled code object serves every layer; token counts change each micro batch (dynamic after the first)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    from llm_bridge.gpu_support import ATTN_NAME, boundaries_as_kwargs
-
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-    for layer in layers:
-        layer.compile()
-    for stack in model.modules():  # varlen attention: packed rows' boundaries computed before the compiled layers
-        if isinstance(getattr(stack, "layers", None), torch.nn.ModuleList) \
-                and getattr(getattr(stack, "config", None), "_attn_implementation", None) == ATTN_NAME:
-            stack.register_forward_pre_hook(boundaries_as_kwargs, with_kwargs=True)
-    return len(layers)
-
-
 def _decoder_layers_compiled(transformer_impl) -> None:
     """With LLM_BRIDGE_COMPILE_LAYERS=1, verl's FSDP engine (actor, critic, reference; SFT) compiles each decoder
     layer after wrapping the model (verl 0.9.1's own `use_torch_compile` compiles only the entropy function)."""
@@ -284,6 +262,8 @@ def _decoder_layers_compiled(transformer_impl) -> None:
 
     @functools.wraps(original)
     def build_fsdp_module(self, module):
+        from llm_bridge.gpu_support import compile_decoder_layers
+
         wrapped = original(self, module)
         count = compile_decoder_layers(wrapped)
         print(f"[llm-bridge] {count} decoder layers under torch.compile ({COMPILE_LAYERS}=1)", flush=True)

@@ -1,0 +1,131 @@
+"""The PPO actor's micro step alone, without verl: forward over a packed row, log-probs over the vocabulary,
+backward, in three forms of the same model. It isolates what `tuned-compile` (llm_bridge.verl_fixes) changes:
+
+  eager    transformers' own kernels (what the critic runs in the tuned preset)
+  liger    Liger's RMSNorm, RoPE and SwiGLU kernels (the actor in the tuned preset)
+  compile  each decoder layer under torch.compile, whole (the packed row's boundaries handed down from before
+           the layers: llm_bridge.gpu_support.boundaries_as_kwargs)
+
+Llama-3.2-1B shape, random init, bf16 weights (verl keeps fp32 weights under FSDP and casts them: not here), varlen
+attention (llm_bridge.gpu_support), one packed row of PPO-sized sequences (lengths drawn between 150 and 500 tokens,
+about the GSM8K prompt + 256-token response) up to --tokens, a new draw each step so that compiled layers see changing
+shapes as in PPO. Prints one table row a mode (median step after the warm-up, tokens/s, MFU by the formula of
+docs/benchmarks.md) and writes them as JSON.
+    python bench/bench_layers.py --out bench/results/layers.json          (a GPU; --tiny: a tiny model on CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
+LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True,
+                rope_theta=500000.0)
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)
+
+
+def packed_row(tokens: int, vocab: int, generator: torch.Generator, device: str, low: int, high: int):
+    """input ids, position ids (restarting at 0 for each sequence) and the lengths of one packed row."""
+    lengths = []
+    while True:
+        n = int(torch.randint(low, high, (1,), generator=generator))
+        if sum(lengths) + n > tokens:
+            break
+        lengths.append(n)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+    ids = torch.randint(0, vocab, (1, positions.shape[1]), generator=generator).to(device)
+    return ids, positions, lengths
+
+
+def build(mode: str, shape: dict, device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llm_bridge.gpu_support import compile_decoder_layers  # (importing it registers the varlen attention)
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**shape, attn_implementation="varlen")
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    if mode == "liger":
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                        fused_linear_cross_entropy=False)
+    elif mode == "compile":
+        compile_decoder_layers(model)
+    return model
+
+
+def measure(mode: str, shape: dict, device: str, tokens: int, warmup: int, steps: int, low: int, high: int) -> dict:
+    from llm_bridge.gpu_support import logprobs_vectorised
+
+    model = build(mode, shape, device)
+    generator = torch.Generator().manual_seed(1)
+    times, counted, squared = [], 0, 0
+    started = time.perf_counter()
+    for step in range(warmup + steps):
+        ids, positions, lengths = packed_row(tokens, shape["vocab_size"], generator, device, low, high)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        logp = logprobs_vectorised(logits[:, :-1], ids[:, 1:])
+        (-logp.mean()).backward()
+        model.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+            counted += sum(lengths)
+            squared += sum(n * n for n in lengths)
+        print(f"[{mode}] step {step + 1}/{warmup + steps}: {time.perf_counter() - start:.3f} s", flush=True)
+    params = sum(p.numel() for p in model.parameters())
+    step_s = statistics.median(times)
+    tokens_per_step = counted / steps
+    per_token = 6 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * squared / counted
+    row = dict(mode=mode, step_s=step_s, tokens_per_step=tokens_per_step, tokens_per_s=tokens_per_step / step_s,
+               mfu=tokens_per_step / step_s * per_token / PEAK_FLOPS, warmup_s=time.perf_counter() - started
+               - sum(times), peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="eager,compile,liger", help="in this order (liger last: it patches classes)")
+    parser.add_argument("--tokens", type=int, default=16384, help="a micro batch's token budget (the H100's actor)")
+    parser.add_argument("--warmup", type=int, default=4, help="steps left out: compilation, then the dynamic recompile")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU (the harness itself)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    device, shape = ("cpu", TINY) if args.tiny else ("cuda", LLAMA_1B)
+    low, high = (20, 60) if args.tiny else (150, 500)
+    tokens = min(args.tokens, 512) if args.tiny else args.tokens
+    rows = []
+    for mode in args.modes.split(","):
+        rows.append(measure(mode, shape, device, tokens, args.warmup, args.steps, low, high))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                                            "torch": torch.__version__, "rows": rows}, indent=1))
+    print(f"\n{'mode':<8} {'s/step':>8} {'tokens/s':>10} {'MFU':>7} {'warm-up s':>10} {'peak GiB':>9}")
+    for r in rows:
+        print(f"{r['mode']:<8} {r['step_s']:8.3f} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {r['warmup_s']:10.1f} "
+              f"{r['peak_gib']:9.1f}")
+
+
+if __name__ == "__main__":
+    main()
