@@ -4,7 +4,7 @@ backward, in three forms of the same model. It isolates what `tuned-compile` (ll
   eager    transformers' own kernels (what the critic runs in the tuned preset)
   liger    Liger's RMSNorm, RoPE and SwiGLU kernels (the actor in the tuned preset)
   compile  each decoder layer under torch.compile, whole (the packed row's boundaries handed down from before
-           the layers: llm_bridge.gpu_support.boundaries_as_kwargs)
+           the layers: llm_bridge.gpu_support.boundaries_as_kwargs), and the log-probs compiled (LLM_BRIDGE_COMPILE=1)
 
 Llama-3.2-1B shape, random init, bf16 weights (verl keeps fp32 weights under FSDP and casts them: not here), varlen
 attention (llm_bridge.gpu_support), one packed row of PPO-sized sequences (lengths drawn between 150 and 500 tokens,
@@ -69,6 +69,7 @@ def measure(mode: str, shape: dict, device: str, tokens: int, warmup: int, steps
     from llm_bridge.gpu_support import logprobs_vectorised
 
     model = build(mode, shape, device)
+    logprobs = torch.compile(logprobs_vectorised, dynamic=True) if mode == "compile" else logprobs_vectorised
     generator = torch.Generator().manual_seed(1)
     times, counted, squared = [], 0, 0
     started = time.perf_counter()
@@ -78,7 +79,7 @@ def measure(mode: str, shape: dict, device: str, tokens: int, warmup: int, steps
             torch.cuda.synchronize()
         start = time.perf_counter()
         logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
-        logp = logprobs_vectorised(logits[:, :-1], ids[:, 1:])
+        logp = logprobs(logits[:, :-1], ids[:, 1:])
         (-logp.mean()).backward()
         model.zero_grad(set_to_none=True)
         if device == "cuda":

@@ -98,11 +98,11 @@ ROWS = {
     # each decoder layer of actor, critic and reference under torch.compile (llm_bridge.verl_fixes): Inductor fuses
     # the norms, rotary embedding and SwiGLU itself (so no Liger), and the host launches a few kernels a layer instead
     # of dozens (the H100's actor update: GPU idle 28 % of the time, 1,024 gaps while the host launched small kernels)
-    "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE_LAYERS": "1"}),
+    "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE": "1"}),
     "tuned-compile-fused-adam": ({}, ["actor_rollout_ref.model.use_liger=False",
                                       "actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
                                       "critic.optim.override_optimizer_config={fused:true}"],
-                                 {"LLM_BRIDGE_COMPILE_LAYERS": "1"}),
+                                 {"LLM_BRIDGE_COMPILE": "1"}),
 }
 
 

@@ -382,12 +382,13 @@ print("same")
 
 
 def test_decoder_layers_compile_whole_to_the_same_numbers():
-    """LLM_BRIDGE_COMPILE_LAYERS=1 puts each decoder layer of verl's FSDP engine under torch.compile (the benchmark's
-    `tuned-compile` row; off by default). On a tiny Llama through the varlen attention of the GPU presets (torch's
-    kernel is CUDA-only: this test gives its op a CPU kernel, per-sequence SDPA, forward and backward): every layer
-    compiled, each one whole (no graph break: the packed row's boundaries come from before the layers), the same
-    loss and gradients as eager for packed micro batches of three lengths, and the third length served by the
-    graphs already built (no compile a micro batch). Without the switch verl's engine builds its model as before."""
+    """LLM_BRIDGE_COMPILE=1 puts each decoder layer of verl's FSDP engine and the log-probs under torch.compile
+    (the benchmark's `tuned-compile` row; off by default). On a tiny Llama through the GPU presets' varlen attention
+    (torch's kernel is CUDA-only: this test gives its op a CPU kernel, per-sequence SDPA, forward and backward):
+    every layer compiled, each one whole (no graph break: the packed row's boundaries come from before the layers),
+    the same loss and gradients as eager for packed micro batches of three lengths, and the third length served by
+    the graphs already built (no compile a micro batch); verl's log-probs give the same values and gradients. Without
+    the switch verl's engine builds its model as before."""
     script = """
 import copy, torch
 import torch.nn.attention.varlen
@@ -436,9 +437,17 @@ for length in (10, 13, 17):
     graphs.append(counters["stats"]["unique_graphs"])
 assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 assert graphs[0] > 0 and graphs[2] == graphs[1], graphs
+import verl.utils.torch_functional as tf  # the log-probs verl falls back to, compiled
+assert tf.logprobs_from_logits_v2._torchdynamo_orig_callable is gpu_support.logprobs_vectorised
+for rows in (7, 11):
+    logits = torch.randn(1, rows, 50, requires_grad=True)
+    labels = torch.randint(0, 50, (1, rows))
+    got, want = tf.logprobs_from_logits_v2(logits, labels), gpu_support.logprobs_vectorised(logits, labels)
+    grad_got, grad_want = (torch.autograd.grad(x.sum(), logits)[0] for x in (got, want))
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(grad_got, grad_want, atol=1e-6), rows
 print("same")
 """
-    assert run_with_verl_fixes(script, LLM_BRIDGE_COMPILE_LAYERS="1").split()[-1] == "same"
+    assert run_with_verl_fixes(script, LLM_BRIDGE_COMPILE="1", LLM_BRIDGE_FAST_LOGPROBS="1").split()[-1] == "same"
     check = "from verl.workers.engine.fsdp import transformer_impl as t; print(hasattr(t.FSDPEngine._build_fsdp_module, 'compiles_layers'))"
     assert run_with_verl_fixes(check).split()[-1] == "False"
 

@@ -247,13 +247,13 @@ def _rows_selected_at_once(tensordict_utils) -> None:
     tensordict_utils.index_select_tensor_dict = index_select_tensor_dict
 
 
-COMPILE_LAYERS = "LLM_BRIDGE_COMPILE_LAYERS"  # "1": each decoder layer under torch.compile (off by default)
-
-
 def _decoder_layers_compiled(transformer_impl) -> None:
-    """With LLM_BRIDGE_COMPILE_LAYERS=1, verl's FSDP engine (actor, critic, reference; SFT) compiles each decoder
-    layer after wrapping the model (verl 0.9.1's own `use_torch_compile` compiles only the entropy function)."""
-    if os.environ.get(COMPILE_LAYERS) != "1":
+    """With LLM_BRIDGE_COMPILE=1, verl's FSDP engine (actor, critic, reference; SFT) compiles each decoder layer after
+    wrapping the model (llm_bridge.gpu_support.compile_decoder_layers; verl 0.9.1's own `use_torch_compile` compiles
+    only the entropy function)."""
+    from llm_bridge.gpu_support import COMPILE, compile_decoder_layers
+
+    if os.environ.get(COMPILE) != "1":
         return
     engine = transformer_impl.FSDPEngine
     original = engine._build_fsdp_module
@@ -262,11 +262,9 @@ def _decoder_layers_compiled(transformer_impl) -> None:
 
     @functools.wraps(original)
     def build_fsdp_module(self, module):
-        from llm_bridge.gpu_support import compile_decoder_layers
-
         wrapped = original(self, module)
         count = compile_decoder_layers(wrapped)
-        print(f"[llm-bridge] {count} decoder layers under torch.compile ({COMPILE_LAYERS}=1)", flush=True)
+        print(f"[llm-bridge] {count} decoder layers under torch.compile ({COMPILE}=1)", flush=True)
         return wrapped
 
     build_fsdp_module.compiles_layers = True
