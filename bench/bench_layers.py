@@ -6,7 +6,7 @@ backward, in three forms of the same model. It isolates what `tuned-compile` (ll
   compile  each decoder layer under torch.compile, whole (the packed row's boundaries handed down from before
            the layers: llm_bridge.gpu_support.boundaries_as_kwargs), and the log-probs compiled (LLM_BRIDGE_COMPILE=1)
 
-Llama-3.2-1B shape, random init, bf16 weights (verl keeps fp32 weights under FSDP and casts them: not here), varlen
+Llama-3.2-1B shape, random init, bf16 weights (--fsdp: fp32 weights under FSDP1, as verl's actor), varlen
 attention (llm_bridge.gpu_support), one packed row of PPO-sized sequences (lengths drawn between 150 and 500 tokens,
 about the GSM8K prompt + 256-token response) up to --tokens, a new draw each step so that compiled layers see changing
 shapes as in PPO. Prints one table row a mode (median step after the warm-up, tokens/s, MFU by the formula of
@@ -46,7 +46,25 @@ def packed_row(tokens: int, vocab: int, generator: torch.Generator, device: str,
     return ids, positions, lengths
 
 
-def build(mode: str, shape: dict, device: str):
+def fsdp_wrapped(model, device: str):
+    """As verl's FSDP engine wraps the actor on one GPU: FSDP1, one unit a decoder layer, fp32 weights cast to bf16
+    for each forward and backward (MixedPrecision), gradients reduced in fp32."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", init_method="tcp://127.0.0.1:29517", rank=0,
+                                world_size=1)
+    layer = type(model.model.layers[0])
+    return FullyShardedDataParallel(
+        model, auto_wrap_policy=ModuleWrapPolicy({layer}), use_orig_params=False,
+        device_id=torch.cuda.current_device() if device == "cuda" else None,
+        mixed_precision=MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                       buffer_dtype=torch.float32))
+
+
+def build(mode: str, shape: dict, device: str, fsdp: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from llm_bridge.gpu_support import compile_decoder_layers  # importing it registers "varlen"
@@ -54,21 +72,27 @@ def build(mode: str, shape: dict, device: str):
     torch.manual_seed(0)
     config = LlamaConfig(**shape, attn_implementation="varlen")
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
-    if mode == "liger":
+        model = LlamaForCausalLM(config)
+    if not fsdp and device == "cuda":
+        model = model.to(torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    if mode == "liger":  # before wrapping, as verl applies it
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
         _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                         fused_linear_cross_entropy=False)
-    elif mode == "compile":
+    if fsdp:
+        model = fsdp_wrapped(model, device)
+    if mode == "compile":  # after wrapping, as llm_bridge.verl_fixes does
         compile_decoder_layers(model)
-    return model
+    return model, params
 
 
-def measure(mode: str, shape: dict, device: str, tokens: int, warmup: int, steps: int, low: int, high: int) -> dict:
+def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup: int, steps: int, low: int,
+            high: int) -> dict:
     from llm_bridge.gpu_support import logprobs_vectorised
 
-    model = build(mode, shape, device)
+    model, params = build(mode, shape, device, fsdp)
     logprobs = torch.compile(logprobs_vectorised, dynamic=True) if mode == "compile" else logprobs_vectorised
     generator = torch.Generator().manual_seed(1)
     times, counted, squared = [], 0, 0
@@ -89,11 +113,10 @@ def measure(mode: str, shape: dict, device: str, tokens: int, warmup: int, steps
             counted += sum(lengths)
             squared += sum(n * n for n in lengths)
         print(f"[{mode}] step {step + 1}/{warmup + steps}: {time.perf_counter() - start:.3f} s", flush=True)
-    params = sum(p.numel() for p in model.parameters())
     step_s = statistics.median(times)
     tokens_per_step = counted / steps
     per_token = 6 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * squared / counted
-    row = {"mode": mode, "step_s": step_s, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / step_s,
+    row = {"mode": mode + ("+fsdp" if fsdp else ""), "step_s": step_s, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / step_s,
            "mfu": tokens_per_step / step_s * per_token / PEAK_FLOPS,
            "warmup_s": time.perf_counter() - started - sum(times),
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0}
@@ -110,6 +133,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16384, help="a micro batch's token budget (the H100's actor)")
     parser.add_argument("--warmup", type=int, default=4, help="steps left out: compilation, then the dynamic recompile")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--fsdp", action="store_true",
+                        help="wrapped as verl wraps the actor on a GPU (fp32 weights, FSDP1; FSDP1 needs a GPU)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU (the harness itself)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -118,14 +143,18 @@ def main() -> None:
     tokens = min(args.tokens, 512) if args.tiny else args.tokens
     rows = []
     for mode in args.modes.split(","):
-        rows.append(measure(mode, shape, device, tokens, args.warmup, args.steps, low, high))
+        try:
+            rows.append(measure(mode, shape, device, args.fsdp, tokens, args.warmup, args.steps, low, high))
+        except Exception as error:  # noqa: BLE001 (one mode failing leaves the others worth having)
+            print(f"[{mode}] failed: {error!r}", flush=True)
+            continue
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                                             "torch": torch.__version__, "rows": rows}, indent=1))
-    print(f"\n{'mode':<8} {'s/step':>8} {'tokens/s':>10} {'MFU':>7} {'warm-up s':>10} {'peak GiB':>9}")
+    print(f"\n{'mode':<13} {'s/step':>8} {'tokens/s':>10} {'MFU':>7} {'warm-up s':>10} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['mode']:<8} {r['step_s']:8.3f} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {r['warmup_s']:10.1f} "
+        print(f"{r['mode']:<13} {r['step_s']:8.3f} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {r['warmup_s']:10.1f} "
               f"{r['peak_gib']:9.1f}")
 
 
