@@ -91,7 +91,7 @@ def compile_decoder_layers(model) -> int:
     fused ones, launched from one graph: the update's GPU sat idle 28 % of its time while the host launched them
     one by one (the H100's actor update, 2026-12-06). Returns the number of layers compiled."""
     # one compiled code object serves every layer; token counts change each micro batch (dynamic after the first)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     for layer in layers:
         layer.compile()
