@@ -388,8 +388,7 @@ def test_decoder_layers_compile_whole_to_the_same_numbers():
     every layer compiled, each one whole (no graph break: the packed row's boundaries come from before the layers)
     and all layers served by one graph, the same loss and gradients as eager for packed micro batches of three
     lengths, and the third length served by the graphs already built (no compile a micro batch); verl's log-probs
-    give the same values and gradients. Without
-    the switch verl's engine builds its model as before."""
+    give the same values and gradients. Without the switch verl's engine builds its model as before."""
     script = """
 import copy, torch
 import torch.nn.attention.varlen
