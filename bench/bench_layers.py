@@ -30,7 +30,8 @@ LLAMA_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192
             "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096,
             "tie_word_embeddings": True, "rope_theta": 500000.0}
 TINY = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024, "tie_word_embeddings": True}
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+        "tie_word_embeddings": True}
 
 
 def packed_row(tokens: int, vocab: int, generator: torch.Generator, device: str, low: int, high: int):
@@ -116,7 +117,8 @@ def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup
     step_s = statistics.median(times)
     tokens_per_step = counted / steps
     per_token = 6 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * squared / counted
-    row = {"mode": mode + ("+fsdp" if fsdp else ""), "step_s": step_s, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / step_s,
+    row = {"mode": mode + ("+fsdp" if fsdp else ""), "step_s": step_s, "tokens_per_step": tokens_per_step,
+           "tokens_per_s": tokens_per_step / step_s,
            "mfu": tokens_per_step / step_s * per_token / PEAK_FLOPS,
            "warmup_s": time.perf_counter() - started - sum(times),
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0}

@@ -61,8 +61,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or query.device.type not in VARLEN_DEVICES \
-            or query.shape[2] != key.shape[2]:
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1 \
+            or query.device.type not in VARLEN_DEVICES or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     from torch.nn.attention.varlen import varlen_attn

@@ -251,10 +251,10 @@ def _decoder_layers_compiled(transformer_impl) -> None:
     """With LLM_BRIDGE_COMPILE=1, verl's FSDP engine (actor, critic, reference; SFT) compiles each decoder layer after
     wrapping the model (llm_bridge.gpu_support.compile_decoder_layers; verl 0.9.1's own `use_torch_compile` compiles
     only the entropy function)."""
+    if os.environ.get("LLM_BRIDGE_COMPILE") != "1":  # gpu_support.COMPILE, read before importing that module
+        return
     from llm_bridge.gpu_support import COMPILE, compile_decoder_layers
 
-    if os.environ.get(COMPILE) != "1":
-        return
     engine = transformer_impl.FSDPEngine
     original = engine._build_fsdp_module
     if getattr(original, "compiles_layers", False):
