@@ -96,9 +96,10 @@ ROWS = {
     "tuned-fused-adam": ({}, ["actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
                               "critic.optim.override_optimizer_config={fused:true}"], {}),
     # each decoder layer of actor, critic and reference, and the log-probs, under torch.compile
-    # (llm_bridge.gpu_support): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no Liger), and the host launches a few kernels
-    # a layer instead of dozens (the H100's actor update: GPU idle 28 % of the time, 1,024 gaps while the host
-    # launched small kernels). First try 2026-12-06: 2.15 -> 2.51 s, each layer then split in five graphs (fixed since)
+    # (llm_bridge.gpu_support): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no Liger), and the
+    # host launches a few kernels a layer instead of dozens (the H100's actor update: GPU idle 28 % of the time, 1,024
+    # gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 -> 2.51 s, each layer then
+    # split in five graphs (fixed since)
     "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE": "1"}),
     "tuned-compile-fused-adam": ({}, ["actor_rollout_ref.model.use_liger=False",
                                       "actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
