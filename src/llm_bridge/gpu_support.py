@@ -15,6 +15,9 @@ verl imports this module in every process when it is named in VERL_USE_EXTERNAL_
    for a 16k-token row). PyTorch ships the varlen flash kernel itself (torch.nn.attention.varlen.varlen_attn);
    this registers it with transformers as attn_implementation "varlen"
    (`+model.override_config.attn_implementation=varlen`).
+3. Launch-bound layers (opt-in, being measured): with LLM_BRIDGE_COMPILE=1 (a preset's `env`), verl's FSDP engine
+   compiles each decoder layer and these log-probs with torch.compile (compile_decoder_layers, hooked in by
+   llm_bridge.verl_fixes). The first GPU try, before the layers compiled whole, was slower: docs/benchmarks.md.
 """
 from __future__ import annotations
 
