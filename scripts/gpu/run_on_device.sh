@@ -17,6 +17,7 @@
 #                        PROFILE=ROW[,ROW] runs those rows' last step under torch's profiler (3-4 minutes each;
 #                        with LLM_BRIDGE_PROFILE_STACKS=0 seconds: the timeline and the GPU's idle gaps, no stacks);
 #                        PPO_FIT="OVERRIDE ..." verl overrides for every row but the seed's (an H100: smaller budgets)
+#   bench-layers[=MODES] bench/bench_layers.py --fsdp: the actor's micro step alone in MODES (default compile,liger)
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
 #   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
 #                        PPO_MODEL=DIR the model, as for bench-ppo)
@@ -168,6 +169,11 @@ EOF
         | grep -E "^\[bench\]|^\||^torch" | tee -a "$OUT/info.txt"
       cp /tmp/bench-ppo/table.md /tmp/bench-ppo/results.json "$OUT/" 2>/dev/null
       pack "$OUT/bench-ppo-logs.tgz" bench-ppo ;;
+    bench-layers*)
+      modes=${task#bench-layers}; modes=${modes#=}
+      timeout $(( $(left) - 20 )) python3 bench/bench_layers.py --fsdp --modes "${modes:-compile,liger}" \
+        --out "$OUT/layers.json" > "$LOGS/layers.log" 2>&1; echo "bench-layers exit $?" | tee -a "$OUT/info.txt"
+      grep -E "^\[|^mode|\+fsdp" "$LOGS/layers.log" | tail -30 | tee -a "$OUT/info.txt" ;;
     check-rollout)
       python3 scripts/gpu/check_rollout.py --model "${PPO_MODEL:-$WORK/sft/model}" --prompts "$WORK/parquet/train.parquet" \
         --out "$OUT/check_rollout.json" > "$LOGS/check_rollout.log" 2>&1; echo "check-rollout exit $?" | tee -a "$OUT/info.txt"
