@@ -9,8 +9,8 @@ backward, in three forms of the same model. It isolates what `tuned-compile` (ll
 Llama-3.2-1B shape, random init, bf16 weights (--fsdp: fp32 weights under FSDP1, as verl's actor), varlen
 attention (llm_bridge.gpu_support), one packed row of PPO-sized sequences (lengths drawn between 150 and 500 tokens,
 about the GSM8K prompt + 256-token response) up to --tokens, a new draw each step so that compiled layers see changing
-shapes as in PPO. Prints one table row a mode (median step after the warm-up, tokens/s, MFU by the formula of
-docs/benchmarks.md) and writes them as JSON.
+shapes as in PPO. Prints one table row a mode (median step after the warm-up, tokens/s, MFU as bench_gpu.py
+computes it for SFT) and writes them as JSON.
     python bench/bench_layers.py --out bench/results/layers.json          (a GPU; --tiny: a tiny model on CPU)
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
+from bench_gpu import mfu  # beside this file (MFU as for SFT)
+from gpu_workers import peak_gib, sync
+
 LLAMA_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
             "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 4096,
             "tie_word_embeddings": True, "rope_theta": 500000.0}
@@ -76,7 +78,6 @@ def build(mode: str, shape: dict, device: str, fsdp: bool):
         model = LlamaForCausalLM(config)
     if not fsdp and device == "cuda":
         model = model.to(torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters())
     if mode == "liger":  # before wrapping, as verl applies it
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
@@ -86,42 +87,37 @@ def build(mode: str, shape: dict, device: str, fsdp: bool):
         model = fsdp_wrapped(model, device)
     if mode == "compile":  # after wrapping, as llm_bridge.verl_fixes does
         compile_decoder_layers(model)
-    return model, params
+    return model
 
 
 def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup: int, steps: int, low: int,
             high: int) -> dict:
-    from llm_bridge.gpu_support import logprobs_vectorised
+    from llm_bridge.gpu_support import logprobs_function
 
-    model, params = build(mode, shape, device, fsdp)
-    logprobs = torch.compile(logprobs_vectorised, dynamic=True) if mode == "compile" else logprobs_vectorised
+    model = build(mode, shape, device, fsdp)
+    logprobs = logprobs_function(compiled=mode == "compile")
     generator = torch.Generator().manual_seed(1)
     times, counted, squared = [], 0, 0
     started = time.perf_counter()
     for step in range(warmup + steps):
         ids, positions, lengths = packed_row(tokens, shape["vocab_size"], generator, device, low, high)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
         logp = logprobs(logits[:, :-1], ids[:, 1:])
         (-logp.mean()).backward()
         model.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         if step >= warmup:
             times.append(time.perf_counter() - start)
             counted += sum(lengths)
             squared += sum(n * n for n in lengths)
         print(f"[{mode}] step {step + 1}/{warmup + steps}: {time.perf_counter() - start:.3f} s", flush=True)
     step_s = statistics.median(times)
-    tokens_per_step = counted / steps
-    per_token = 6 * params + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * squared / counted
-    row = {"mode": mode + ("+fsdp" if fsdp else ""), "step_s": step_s, "tokens_per_step": tokens_per_step,
-           "tokens_per_s": tokens_per_step / step_s,
-           "mfu": tokens_per_step / step_s * per_token / PEAK_FLOPS,
-           "warmup_s": time.perf_counter() - started - sum(times),
-           "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0}
+    row = {"mode": mode + ("+fsdp" if fsdp else ""), "step_s": step_s, "tokens": counted / steps,
+           "sq_tokens": squared / steps, "tokens_per_s": counted / steps / step_s,
+           "warmup_s": time.perf_counter() - started - sum(times), "peak_gib": peak_gib()}
+    row["mfu"] = mfu(row, shape, nproc=1)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

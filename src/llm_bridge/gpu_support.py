@@ -112,6 +112,13 @@ def logprobs_vectorised(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return -flat.view(labels.shape)
 
 
+def logprobs_function(compiled: bool):
+    """logprobs_vectorised, or the same under torch.compile: the fp32 upcast, log-softmax and gather fused, forward
+    and backward (117 ms of kernels and two fp32 copies of the logits in eager, the H100's actor update of
+    2026-12-06)."""
+    return torch.compile(logprobs_vectorised, dynamic=True) if compiled else logprobs_vectorised
+
+
 def install() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
@@ -121,10 +128,7 @@ def install() -> None:
     if os.environ.get("LLM_BRIDGE_FAST_LOGPROBS") == "1":
         import verl.utils.torch_functional as tf
 
-        # compiled: the fp32 upcast, log-softmax and gather fused, forward and backward (117 ms of kernels and two
-        # fp32 copies of the logits in eager, the H100's actor update of 2026-12-06)
-        tf.logprobs_from_logits_v2 = torch.compile(logprobs_vectorised, dynamic=True) \
-            if os.environ.get(COMPILE) == "1" else logprobs_vectorised
+        tf.logprobs_from_logits_v2 = logprobs_function(compiled=os.environ.get(COMPILE) == "1")
 
 
 install()
