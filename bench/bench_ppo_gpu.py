@@ -101,6 +101,10 @@ ROWS = {
     # gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 -> 2.51 s, each layer then
     # split in five graphs (fixed since)
     "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE": "1"}),
+    # compiled log-probs keep the bf16 logits for backward, not two fp32 copies (~8 bytes a token and word less):
+    # on an 80-GB H100 a 24k-token actor budget may then fit, one micro batch a mini batch as on the H200
+    "tuned-compile-24k": ({}, ["actor_rollout_ref.model.use_liger=False",
+                               "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"], {"LLM_BRIDGE_COMPILE": "1"}),
     "tuned-compile-fused-adam": ({}, ["actor_rollout_ref.model.use_liger=False",
                                       "actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
                                       "critic.optim.override_optimizer_config={fused:true}"],
@@ -119,8 +123,11 @@ def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep:
     preset = yaml.safe_load((REPO / "config" / "presets" / "h200x1.yaml").read_text())
     preset["ppo"] = {**preset["ppo"], **settings, "total_training_steps": steps, "save_freq": steps if keep else -1,
                      "test_freq": -1}
-    # `fit`: what another GPU needs for the tuned rows (an 80-GB H100: smaller token budgets); the seed's fit as they are
-    preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra + ([] if name == "seed" else list(fit))
+    # `fit`: what another GPU needs for the tuned rows (an 80-GB H100: smaller token budgets); the seed's fit as they
+    # are, and a row's own setting of a key wins (a row that tries a budget on that GPU)
+    own = {o.split("=", 1)[0] for o in extra}
+    fit = [] if name == "seed" else [o for o in fit if o.split("=", 1)[0] not in own]
+    preset["ppo"]["overrides"] = list(preset["ppo"].get("overrides", [])) + extra + fit
     preset["env"] = {**preset.get("env", {}), **env}
     if profile_dir:
         modules = [m for m in preset["env"].get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
