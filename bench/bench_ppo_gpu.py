@@ -11,8 +11,10 @@ critic updates, computed here, not taken from verl's perf/mfu/* (unreliable with
   update FLOPs = tokens x (6 N + 12 L d s)   (forward + backward; PaLM's convention, as bench/bench_gpu.py)
 N: the parameters the update multiplies by (actor: all, the tied embedding counted once as the lm_head; critic:
 the decoder layers and a one-output head, no vocabulary projection), s: mean sequence length, 989 TFLOP/s the
-H100/H200 dense bf16 peak. Rows save no checkpoint (27 GB of actor + critic state each): the stage then ends
-with "no complete checkpoint", which is expected here; the metrics are read from verl's per-step jsonl. The row
+H100/H200 dense bf16 peak. verl's update timers also hold the trainer's side and the transfer to the worker;
+the same MFU on the worker's own wall (each call timed by llm_bridge.phase_profile) is printed beside them.
+Rows save no checkpoint (27 GB of actor + critic state each): the stage then ends with "no complete
+checkpoint", which is expected here; the metrics are read from verl's per-step jsonl. The row
 named by --keep saves one at its last step (outside the median: that step is the slowest), so the chain's
 merged_model and evaluate stages can take it without a PPO start-up of their own.
 
@@ -91,6 +93,10 @@ ROWS = {
     # in one micro batch, and no sequence balancing (one GPU: nothing to balance; the `balance` timer, 0.10 s)
     "tuned-critic-liger": ({}, ["critic.model.use_liger=True", "critic.forward_max_token_len_per_gpu=131072",
                                 "trainer.balance_batch=False"], {}),
+    # the critic's part of that alone: on one GPU the critic shares the actor's process, where Liger's patch reaches
+    # the rotary embedding (a function) but not the RMSNorm and MLP classes the critic was built with (the H200's
+    # profile, 2026-12-06); the micro step alone is 22-34 % faster with Liger's kernels (bench/bench_layers.py)
+    "tuned-critic-liger-only": ({}, ["critic.model.use_liger=True"], {}),
     # torch's fused AdamW (one kernel for all parameters) for actor and critic instead of its default foreach
     # kernels: the H100's actor update spent 148 ms of its 1.54 s of GPU time in 4 optimizer steps (2026-12-06)
     "tuned-fused-adam": ({}, ["actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
@@ -261,7 +267,21 @@ def run_row(name: str, args, deadline: float) -> dict:
             "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured),
             "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured),
             "actor_ppo_kl": statistics.median(s.get("actor/ppo_kl", float("nan")) for s in measured),
-            "rollout_split_s": rollout_split(out / "profile", [s["step"] for s in measured])}
+            "rollout_split_s": rollout_split(out / "profile", [s["step"] for s in measured]),
+            "worker_s": worker_calls(out / "profile", [s["step"] for s in measured])}
+
+
+def worker_calls(profile: Path, steps: list[int]) -> dict:
+    """Each training-worker method's wall inside the worker (llm_bridge.phase_profile), median over `steps`: each
+    of them is called once a step (the n-th call in step n), so verl's timer minus this is the trainer's side and
+    the transfer."""
+    try:
+        calls = [json.loads(line) for f in profile.glob("worker-calls.*.jsonl") for line in f.read_text().splitlines()]
+    except (OSError, ValueError):
+        return {}
+    names = sorted({c["call"] for c in calls})
+    return {name: statistics.median(c["s"] for c in calls if c["call"] == name and c["n"] in steps)
+            for name in names if any(c["call"] == name and c["n"] in steps for c in calls)}
 
 
 def rollout_split(profile: Path, steps: list[int]) -> dict:
@@ -301,9 +321,13 @@ def update_mfu(row: dict, shape: dict) -> dict:
     seqs = row["steps"][-1].get("response_length/mean", 0) + row["steps"][-1].get("prompt_length/mean", 0)
     attn = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * seqs
     out = {}
-    for phase, n in (("update_actor", n_all), ("update_critic", n_critic)):
-        if row["timing_s"].get(phase):
-            out[phase] = row["tokens_per_step"] * (6 * n + attn) / row["timing_s"][phase] / PEAK_FLOPS
+    # verl's timers, then the worker's own wall (the actor's model is the one with the LM head)
+    worker = row.get("worker_s", {})
+    for phase, n, call in (("update_actor", n_all, "ForCausalLM.train_mini_batch"),
+                           ("update_critic", n_critic, "ForTokenClassification.train_mini_batch")):
+        seconds = {phase: row["timing_s"].get(phase),
+                   f"{phase}_in_worker": next((s for name, s in worker.items() if name.endswith(call)), None)}
+        out |= {key: row["tokens_per_step"] * (6 * n + attn) / s / PEAK_FLOPS for key, s in seconds.items() if s}
     return out
 
 
@@ -321,6 +345,16 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['row']} | {r['s_per_step']:.2f} | {r['tokens_per_s']:,.0f} | " + " | ".join(phases + mfu)
                      + f" | {r.get('rollout_actor_kl', float('nan')):.4f} | {r.get('actor_ppo_kl', float('nan')):.4f}"
                      + f" | {r.get('startup_s', float('nan')):.0f} | {vs} |")
+    split = [r for r in rows if r.get("worker_s")]
+    if split:
+        calls = list(dict.fromkeys(c for r in split for c in r["worker_s"]))
+        lines += ["", ("inside the workers (seconds a call; verl's update timers add the trainer's side and the "
+                       "transfer), and the updates' MFU on the worker's wall:"), "",
+                  "| row | " + " | ".join(calls) + " | MFU actor upd (worker) | MFU critic upd (worker) |",
+                  "|---|" + "---|" * (len(calls) + 2)]
+        lines += [f"| {r['row']} | " + " | ".join(f"{r['worker_s'].get(c, float('nan')):.2f}" for c in calls)
+                  + "".join(f" | {r['mfu'].get(k, 0):.1%}" for k in ("update_actor_in_worker", "update_critic_in_worker"))
+                  + " |" for r in split]
     split = [r for r in rows if r.get("rollout_split_s")]
     if split:
         keys = ("dispatch", "requests", "tail", "sleep", "request")

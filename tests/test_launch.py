@@ -250,7 +250,8 @@ def test_verl_plugin_modules_add_up_with_cpu_support_first(monkeypatch):
 @pytest.mark.parametrize("stacks", [True, False])
 def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeypatch, stacks):
     """The worker-side profile: only the configured call runs under torch's profiler, its summary names the
-    model class and the operators that took the time, and every call returns what the method returned. Without
+    model class and the operators that took the time, the other calls' wall times are logged by call, and every
+    call returns what the method returned. Without
     Python stacks it keeps the timeline instead, as a trace file, and says where the GPU waited."""
     import json
     import types
@@ -277,8 +278,12 @@ def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeyp
     worker, data = TrainingWorker(), torch.ones(8, 64)
     expected = torch.nn.functional.linear(data, worker.engine.module.weight, worker.engine.module.bias).sum().item()
     assert worker.train_mini_batch(data) == expected
-    assert not list(tmp_path.iterdir())  # the first call is not profiled
+    calls = tmp_path / f"worker-calls.{os.getpid()}.jsonl"
+    assert [f.name for f in tmp_path.iterdir()] == [calls.name]  # the first call is not profiled, only timed
     assert worker.train_mini_batch(data) == expected and worker.infer_batch(data) == 8
+    timed = [json.loads(line) for line in calls.read_text().splitlines()]  # the profiled call is not among them
+    assert [(c["call"], c["n"]) for c in timed] == [("Linear.train_mini_batch", 1), ("Linear.infer_batch", 1)]
+    assert all(0 < c["s"] < 60 for c in timed)
     text = (tmp_path / "Linear.train_mini_batch.txt").read_text()
     assert "call 2" in text and re.search(r"wall \d+\.\d+ s", text) and "aten::" in text
     assert "host-device synchronisations by stack:" in text  # on a GPU: each .item()'s Python stack

@@ -203,6 +203,48 @@ def test_gpu_support_registers_varlen_attention():
     assert torch.allclose(gpu_support.logprobs_vectorised(logits, labels), want, atol=1e-5)
 
 
+def test_liger_kernels_compile_once_for_every_micro_batch_size(tmp_path):
+    """Triton compiles an int argument apart for values that divide by 16: a packed micro batch whose row count
+    changes class recompiled Liger's RMSNorm backward in the middle of the H200's actor update (0.8 s). Once
+    llm_bridge.gpu_support is loaded, Liger's row-count arguments are not specialised when Liger's module is
+    imported, and its other arguments still are. Liger is not in the CPU environment: a stand-in module at Liger's
+    path holds a kernel with the arguments of Liger 0.8.5's RMSNorm backward, and Triton's own argument binder
+    (what picks the compiled kernel) gives the keys."""
+    import subprocess
+    import sys
+
+    ops = tmp_path / "liger_kernel" / "ops"
+    ops.mkdir(parents=True)
+    (tmp_path / "liger_kernel" / "__init__.py").write_text("")
+    (ops / "__init__.py").write_text("")
+    (ops / "rms_norm.py").write_text(
+        "import triton\nimport triton.language as tl\n\n\n@triton.jit\n"
+        "def _rms_norm_backward_kernel(dY_ptr, dY_row_stride, n_rows, n_cols, rows_per_program, "
+        "BLOCK_SIZE: tl.constexpr):\n    pass\n")
+    script = """
+import sys, torch
+from triton.backends.compiler import BaseBackend
+from triton.runtime.jit import create_function_from_signature
+from llm_bridge import gpu_support  # before Liger, as verl's plugin variable loads it
+import liger_kernel.ops.rms_norm as rms
+
+kernel = rms._rms_norm_backward_kernel
+bind = create_function_from_signature(kernel.signature, kernel.params, BaseBackend)
+dy = torch.zeros(4)
+def key(n_rows, n_cols, rows_per_program):
+    return bind(dy, 2048, n_rows, n_cols, rows_per_program, BLOCK_SIZE=2048)[1]
+assert key(16 * 2000, 2048, 16 * 15) == key(32001, 2048, 243), "a row count that divides by 16 compiles again"
+assert key(32001, 2048, 243) != key(32001, 2047, 243), "n_cols lost its specialisation"
+print("ok")
+"""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "varlen"])
 def test_critic_loads_with_the_configured_attention(tiny_tokenizer_dir, attn, monkeypatch):
     """verl 0.9.1's critic loader asks for flash_attention_2 whatever the config says, and fails without the

@@ -1,8 +1,9 @@
-"""Fast verl SFT on GPUs without flash-attn (the lent H200 machine; any cluster where flash-attn is missing).
+"""Fast verl SFT and PPO training on GPUs without flash-attn (the lent H200 machine; any cluster where flash-attn
+is missing).
 
 verl imports this module in every process when it is named in VERL_USE_EXTERNAL_MODULES (the h200 presets'
-`env`). Two things are slow in verl 0.9.1 when the flash-attn package is absent; each has a fix here
-(measured on 1 x H200, docs/benchmarks.md):
+`env`). Two things are slow in verl 0.9.1 when the flash-attn package is absent, two more on any GPU; each has a
+fix here (measured on 1 x H200, docs/benchmarks.md):
 
 1. Log-probs: the main cause. Without flash-attn's Triton cross-entropy, verl.utils.torch_functional.
    logprobs_from_logits falls back to `logprobs_from_logits_v2`, a Python loop over rows: one log_softmax +
@@ -15,15 +16,22 @@ verl imports this module in every process when it is named in VERL_USE_EXTERNAL_
    for a 16k-token row). PyTorch ships the varlen flash kernel itself (torch.nn.attention.varlen.varlen_attn);
    this registers it with transformers as attn_implementation "varlen"
    (`+model.override_config.attn_implementation=varlen`).
-3. Launch-bound layers (opt-in, being measured): with LLM_BRIDGE_COMPILE=1 (a preset's `env`), verl's FSDP engine
-   compiles each decoder layer and these log-probs with torch.compile (compile_decoder_layers, hooked in by
-   llm_bridge.verl_fixes). The first GPU try, before the layers compiled whole, was slower: docs/benchmarks.md.
+3. Launch-bound layers (opt-in): with LLM_BRIDGE_COMPILE=1 (a preset's `env`), verl's FSDP engine compiles each
+   decoder layer and these log-probs with torch.compile (compile_decoder_layers, hooked in by
+   llm_bridge.verl_fixes). On the actor's micro step alone it is 4 % slower than Liger's kernels and needs 20 %
+   less memory (bench/bench_layers.py, H200, 2026-12-06): not in the presets.
+4. Liger's kernels recompiled mid-update: Triton compiles a kernel again for a micro batch whose row count
+   divides by 16 when the last did not; Liger's row-count arguments are left unspecialised
+   (compiled_once_for_all_counts).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
+
+from llm_bridge.import_hooks import when_imported
 
 ATTN_NAME = "varlen"
 _state = {"repeat_kv": False}
@@ -119,10 +127,35 @@ def logprobs_function(compiled: bool):
     return torch.compile(logprobs_vectorised, dynamic=True) if compiled else logprobs_vectorised
 
 
+# Liger's Triton kernels that take a packed micro batch's row or token count (module: kernel: arguments, Liger 0.8.5).
+# Triton compiles an int argument apart for values that divide by 16 and values that do not, so the first micro
+# batch whose count changes class compiles the kernel again in the middle of an update: 0.80 s in the RMSNorm
+# backward of the H200's actor update, 0.10 s in the rotary embedding's of its critic update (2026-12-06). The
+# counts only bound loops and pick rows, where the hint buys nothing.
+LIGER_ROW_COUNTS = {
+    "liger_kernel.ops.rms_norm": {"_rms_norm_backward_kernel": ("n_rows", "rows_per_program"),
+                                  "_block_rms_norm_forward_kernel": ("n_rows",),
+                                  "_block_rms_norm_backward_kernel": ("n_rows",)},
+    "liger_kernel.ops.rope": {"_triton_rope": ("sl",)},
+}
+
+
+def compiled_once_for_all_counts(module, kernels: dict[str, tuple[str, ...]]) -> None:
+    """The named int arguments of each Triton kernel in `module` no longer specialised: one compiled kernel for
+    every count (before the kernel first runs: Triton reads this when it builds the kernel's argument binder)."""
+    for kernel_name, names in kernels.items():
+        kernel = getattr(module, kernel_name, None)
+        for param in getattr(kernel, "params", []):  # a renamed kernel (another Liger): left as it is
+            if param.name in names:
+                param.do_not_specialize = True
+
+
 def install() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
+    for module, kernels in LIGER_ROW_COUNTS.items():
+        when_imported(module, functools.partial(compiled_once_for_all_counts, kernels=kernels))
     AttentionInterface.register(ATTN_NAME, varlen_attention_forward)
     AttentionMaskInterface.register(ATTN_NAME, flash_attention_mask)  # no dense mask: None unless padded
     if os.environ.get("LLM_BRIDGE_FAST_LOGPROBS") == "1":

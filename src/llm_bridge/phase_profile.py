@@ -9,7 +9,8 @@ when `LLM_BRIDGE_PROFILE_DIR` is set, as `bench/bench_ppo_gpu.py` does. Checked 
   its start and end (`<dir>/requests.<pid>.jsonl`) beside the trainer's events (`<dir>/trainer-events.jsonl`),
   so that `bench/bench_ppo_gpu.py` can split a step's rollout into dispatch, the requests' window, and the tail
   after the last response.
-- The workers: one call of each training-worker method (the actor's and the critic's `train_mini_batch` and
+- The workers: every call of a training-worker method has its wall time logged (`<dir>/worker-calls.<pid>.jsonl`),
+  and one call of each training-worker method (the actor's and the critic's `train_mini_batch` and
   `infer_batch`: one call a step each for updates, old log-probs, values) runs under torch's profiler, the
   `LLM_BRIDGE_PROFILE_CALL`-th call (default 3; 0: none; the benchmark profiles the last step of the rows it is
   asked to, and leaves that step out of their medians: with Python stacks the step takes minutes). Its summary
@@ -33,7 +34,7 @@ from heapq import heappop, heappush
 from itertools import pairwise
 from pathlib import Path
 
-from llm_bridge.verl_fixes import _when_imported
+from llm_bridge.import_hooks import when_imported
 
 PROFILE_DIR = os.environ.get("LLM_BRIDGE_PROFILE_DIR")
 PROFILE_CALL = int(os.environ.get("LLM_BRIDGE_PROFILE_CALL", "3"))
@@ -219,11 +220,19 @@ def _profile_worker_calls(engine_workers) -> None:
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             calls[id(self)] = calls.get(id(self), 0) + 1
-            if calls[id(self)] != PROFILE_CALL:
-                return method(self, *args, **kwargs)
             # the model inside FSDP's wrapper: actor and critic share one process and both are FSDP modules
             module = getattr(getattr(self, "engine", None), "module", None)
             model = type(getattr(module, "module", module)).__name__
+            if calls[id(self)] != PROFILE_CALL:
+                # every call's wall inside the worker: verl's update timers also hold the trainer's side and the
+                # transfer (the H200's actor update: 1.76 s in verl's timer, about 1.58 s in the worker)
+                start = time.perf_counter()
+                result = method(self, *args, **kwargs)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                _append(f"worker-calls.{os.getpid()}.jsonl",
+                        {"call": f"{model}.{name}", "n": calls[id(self)], "s": time.perf_counter() - start})
+                return result
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -260,8 +269,8 @@ def _profile_worker_calls(engine_workers) -> None:
 
 
 if PROFILE_DIR:
-    _when_imported("verl.trainer.ppo.v1.trainer_base", _time_untimed_phases)
-    _when_imported("verl.workers.engine_workers", _profile_worker_calls)
-    _when_imported("verl.trainer.ppo.v1.trainer_sync", _time_rollout_sleep)
-    _when_imported("verl.trainer.ppo.v1.trainer_colocate_async", _time_rollout_sleep)
-    _when_imported("verl.workers.rollout.llm_server", _log_requests)
+    when_imported("verl.trainer.ppo.v1.trainer_base", _time_untimed_phases)
+    when_imported("verl.workers.engine_workers", _profile_worker_calls)
+    when_imported("verl.trainer.ppo.v1.trainer_sync", _time_rollout_sleep)
+    when_imported("verl.trainer.ppo.v1.trainer_colocate_async", _time_rollout_sleep)
+    when_imported("verl.workers.rollout.llm_server", _log_requests)

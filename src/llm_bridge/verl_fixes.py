@@ -6,13 +6,12 @@ against; drop it when verl fixes it.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.util
 import inspect
 import os
-import sys
 import time
 import types
+
+from llm_bridge.import_hooks import when_imported
 
 VERL_VERSION_CHECKED = "0.9.1"
 
@@ -80,41 +79,6 @@ def _critic_attention_as_configured() -> None:
 
 REPLAY_POLL_S = 0.1
 HOST_OFFSETS = "_llm_bridge_host_offsets"  # a nested tensor's offsets as a numpy array, kept by take_rows
-
-
-_PENDING: dict[str, list] = {}  # module name -> patches waiting for its import, in the order they were asked for
-
-
-def _when_imported(name: str, patch) -> None:
-    """Run patch(module) once module `name` is imported (at once if it already is): the module is not imported
-    here, where most verl processes (SFT ranks, rollout and reward workers) never need it."""
-    if name in sys.modules:
-        patch(sys.modules[name])
-        return
-    if name in _PENDING:
-        _PENDING[name].append(patch)
-        return
-    _PENDING[name] = [patch]
-
-    class PatchOnImport(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path, target=None):
-            if fullname != name:
-                return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(fullname)
-            if spec is None or spec.loader is None:
-                return None  # not there (another verl version): the import fails as it would have
-            exec_module = spec.loader.exec_module
-
-            def exec_and_patch(module):
-                exec_module(module)
-                for each in _PENDING.pop(fullname):
-                    each(module)
-
-            spec.loader.exec_module = exec_and_patch
-            return spec
-
-    sys.meta_path.insert(0, PatchOnImport())
 
 
 def _replay_buffer_polls_often(replay_buffer) -> None:
@@ -509,22 +473,22 @@ def _one_server_needs_no_balancer(router) -> None:
 
 _resume_at_epoch_boundary()
 _critic_attention_as_configured()
-_when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
-_when_imported("verl.workers.utils.padding", _responses_cut_out_at_once)
-_when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_loop)
-_when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
+when_imported("verl.trainer.ppo.v1.replay_buffer", _replay_buffer_polls_often)
+when_imported("verl.workers.utils.padding", _responses_cut_out_at_once)
+when_imported("verl.experimental.agent_loop.agent_loop", _reward_in_the_agent_loop)
+when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
 # the mini-batch split (called as tu.make_iterator) and the micro-batch split (a name imported into the engine)
-_when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
-_when_imported("verl.utils.tensordict_utils", _rows_selected_at_once)
-_when_imported("verl.workers.engine.fsdp.transformer_impl",
+when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
+when_imported("verl.utils.tensordict_utils", _rows_selected_at_once)
+when_imported("verl.workers.engine.fsdp.transformer_impl",
                lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
-_when_imported("verl.workers.engine.fsdp.transformer_impl", _decoder_layers_compiled)
-_when_imported("verl.trainer.ppo.v1.trainer_base", _workers_fetch_no_sample_objects)
-_when_imported("verl.workers.engine_workers", lambda workers: _gc_heap_frozen(
+when_imported("verl.workers.engine.fsdp.transformer_impl", _decoder_layers_compiled)
+when_imported("verl.trainer.ppo.v1.trainer_base", _workers_fetch_no_sample_objects)
+when_imported("verl.workers.engine_workers", lambda workers: _gc_heap_frozen(
     workers, ("TrainingWorker.reset", "ActorRolloutRefWorker.init_model")))
-_when_imported("verl.trainer.ppo.v1.trainer_base", lambda trainer: _gc_heap_frozen(trainer, ("PPOTrainer.fit",), before=True))
-_when_imported("verl.workers.rollout.vllm_rollout.vllm_async_server",
+when_imported("verl.trainer.ppo.v1.trainer_base", lambda trainer: _gc_heap_frozen(trainer, ("PPOTrainer.fit",), before=True))
+when_imported("verl.workers.rollout.vllm_rollout.vllm_async_server",
                lambda server: _gc_heap_frozen(server, ("vLLMHttpServer.launch_server",)))
-_when_imported("verl.experimental.agent_loop.agent_loop",
+when_imported("verl.experimental.agent_loop.agent_loop",
                lambda loop: _gc_heap_frozen(loop, ("AgentLoopWorker.__init__",)))
-_when_imported("verl.trainer.ppo.v1.agent_loop_tq", _say_when_agent_loops_are_up)
+when_imported("verl.trainer.ppo.v1.agent_loop_tq", _say_when_agent_loops_are_up)
