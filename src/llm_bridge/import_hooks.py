@@ -28,7 +28,7 @@ def when_imported(name: str, patch) -> None:
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(fullname)
             if spec is None or spec.loader is None:
-                return None  # not there (another verl version): the import fails as it would have
+                return None  # not installed (or another version without it): the import fails as it would have
             exec_module = spec.loader.exec_module
 
             def exec_and_patch(module):

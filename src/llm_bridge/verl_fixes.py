@@ -481,14 +481,14 @@ when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
 when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
 when_imported("verl.utils.tensordict_utils", _rows_selected_at_once)
 when_imported("verl.workers.engine.fsdp.transformer_impl",
-               lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
+              lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
 when_imported("verl.workers.engine.fsdp.transformer_impl", _decoder_layers_compiled)
 when_imported("verl.trainer.ppo.v1.trainer_base", _workers_fetch_no_sample_objects)
 when_imported("verl.workers.engine_workers", lambda workers: _gc_heap_frozen(
     workers, ("TrainingWorker.reset", "ActorRolloutRefWorker.init_model")))
 when_imported("verl.trainer.ppo.v1.trainer_base", lambda trainer: _gc_heap_frozen(trainer, ("PPOTrainer.fit",), before=True))
 when_imported("verl.workers.rollout.vllm_rollout.vllm_async_server",
-               lambda server: _gc_heap_frozen(server, ("vLLMHttpServer.launch_server",)))
+              lambda server: _gc_heap_frozen(server, ("vLLMHttpServer.launch_server",)))
 when_imported("verl.experimental.agent_loop.agent_loop",
-               lambda loop: _gc_heap_frozen(loop, ("AgentLoopWorker.__init__",)))
+              lambda loop: _gc_heap_frozen(loop, ("AgentLoopWorker.__init__",)))
 when_imported("verl.trainer.ppo.v1.agent_loop_tq", _say_when_agent_loops_are_up)
