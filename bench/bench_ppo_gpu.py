@@ -279,9 +279,11 @@ def worker_calls(profile: Path, steps: list[int]) -> dict:
         calls = [json.loads(line) for f in profile.glob("worker-calls.*.jsonl") for line in f.read_text().splitlines()]
     except (OSError, ValueError):
         return {}
-    names = sorted({c["call"] for c in calls})
-    return {name: statistics.median(c["s"] for c in calls if c["call"] == name and c["n"] in steps)
-            for name in names if any(c["call"] == name and c["n"] in steps for c in calls)}
+    seconds: dict[str, list[float]] = {}
+    for c in calls:
+        if c["n"] in steps:
+            seconds.setdefault(c["call"], []).append(c["s"])
+    return {name: statistics.median(s) for name, s in sorted(seconds.items())}
 
 
 def rollout_split(profile: Path, steps: list[int]) -> dict:

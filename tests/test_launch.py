@@ -251,8 +251,8 @@ def test_verl_plugin_modules_add_up_with_cpu_support_first(monkeypatch):
 def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeypatch, stacks):
     """The worker-side profile: only the configured call runs under torch's profiler, its summary names the
     model class and the operators that took the time, the other calls' wall times are logged by call, and every
-    call returns what the method returned. Without
-    Python stacks it keeps the timeline instead, as a trace file, and says where the GPU waited."""
+    call returns what the method returned. Without Python stacks it keeps the timeline instead, as a trace file,
+    and says where the GPU waited."""
     import json
     import types
 

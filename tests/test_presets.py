@@ -210,8 +210,7 @@ def test_liger_kernels_compile_once_for_every_micro_batch_size(tmp_path):
     imported, and its other arguments still are. Liger is not in the CPU environment: a stand-in module at Liger's
     path holds a kernel with the arguments of Liger 0.8.5's RMSNorm backward, and Triton's own argument binder
     (what picks the compiled kernel) gives the keys."""
-    import subprocess
-    import sys
+    import os
 
     ops = tmp_path / "liger_kernel" / "ops"
     ops.mkdir(parents=True)
@@ -222,7 +221,7 @@ def test_liger_kernels_compile_once_for_every_micro_batch_size(tmp_path):
         "def _rms_norm_backward_kernel(dY_ptr, dY_row_stride, n_rows, n_cols, rows_per_program, "
         "BLOCK_SIZE: tl.constexpr):\n    pass\n")
     script = """
-import sys, torch
+import torch
 from triton.backends.compiler import BaseBackend
 from triton.runtime.jit import create_function_from_signature
 from llm_bridge import gpu_support  # before Liger, as verl's plugin variable loads it
@@ -237,12 +236,8 @@ assert key(16 * 2000, 2048, 16 * 15) == key(32001, 2048, 243), "a row count that
 assert key(32001, 2048, 243) != key(32001, 2047, 243), "n_cols lost its specialisation"
 print("ok")
 """
-    import os
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    assert run_with_verl_fixes(script, PYTHONPATH=path).split()[-1] == "ok"
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "varlen"])
