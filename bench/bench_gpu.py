@@ -112,12 +112,13 @@ def run_row(name: str, args, shape: dict, deadline: float) -> dict:
     return {**row, **found[-1]}
 
 
-def mfu(row: dict, shape: dict, nproc: int) -> float | None:
+def mfu(row: dict, shape: dict, nproc: int, params: int | None = None) -> float | None:
+    """`params`: what the model multiplies by, where not all of the shape's (a critic: no vocabulary projection)."""
     from llm_bridge.fit import param_count
 
     if "tokens" not in row:
         return None
-    n = param_count(shape)[0]
+    n = params or param_count(shape)[0]
     per_token = 6 * n + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * row["sq_tokens"] / row["tokens"]
     return row["tokens"] / row["step_s"] * per_token / (PEAK_FLOPS * nproc)
 

@@ -1,5 +1,6 @@
 """The PPO actor's micro step alone, without verl: forward over a packed row, log-probs over the vocabulary,
-backward, in three forms of the same model. It isolates what `tuned-compile` (llm_bridge.verl_fixes) changes:
+backward, in three forms of the same model (--critic: the critic's instead, a one-output value head and a squared
+error, no vocabulary). It isolates what `tuned-compile` (llm_bridge.verl_fixes) changes:
 
   eager    transformers' own kernels (what the critic runs in the tuned preset)
   liger    Liger's RMSNorm, RoPE and SwiGLU kernels (the actor in the tuned preset)
@@ -67,15 +68,16 @@ def fsdp_wrapped(model, device: str):
                                        buffer_dtype=torch.float32))
 
 
-def build(mode: str, shape: dict, device: str, fsdp: bool):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def build(mode: str, shape: dict, device: str, fsdp: bool, critic: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
 
     from llm_bridge.gpu_support import compile_decoder_layers  # importing it registers "varlen"
 
     torch.manual_seed(0)
-    config = LlamaConfig(**shape, attn_implementation="varlen")
+    # the critic as verl builds it: token classification with one label, the value of each token
+    config = LlamaConfig(**shape, attn_implementation="varlen", num_labels=1)
     with torch.device(device):
-        model = LlamaForCausalLM(config)
+        model = (LlamaForTokenClassification if critic else LlamaForCausalLM)(config)
     if not fsdp and device == "cuda":
         model = model.to(torch.bfloat16)
     if mode == "liger":  # before wrapping, as verl applies it
@@ -91,10 +93,11 @@ def build(mode: str, shape: dict, device: str, fsdp: bool):
 
 
 def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup: int, steps: int, low: int,
-            high: int) -> dict:
+            high: int, critic: bool = False) -> dict:
+    from llm_bridge.fit import param_count
     from llm_bridge.gpu_support import logprobs_function
 
-    model = build(mode, shape, device, fsdp)
+    model = build(mode, shape, device, fsdp, critic)
     logprobs = logprobs_function(compiled=mode == "compile")
     generator = torch.Generator().manual_seed(1)
     times, counted, squared = [], 0, 0
@@ -104,8 +107,10 @@ def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup
         sync()
         start = time.perf_counter()
         logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
-        logp = logprobs(logits[:, :-1], ids[:, 1:])
-        (-logp.mean()).backward()
+        if critic:  # values against stand-in returns
+            (logits[..., 0].float() - 1.0).square().mean().backward()
+        else:
+            (-logprobs(logits[:, :-1], ids[:, 1:]).mean()).backward()
         model.zero_grad(set_to_none=True)
         sync()
         if step >= warmup:
@@ -114,10 +119,12 @@ def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup
             squared += sum(n * n for n in lengths)
         print(f"[{mode}] step {step + 1}/{warmup + steps}: {time.perf_counter() - start:.3f} s", flush=True)
     step_s = statistics.median(times)
-    row = {"mode": mode + ("+fsdp" if fsdp else ""), "step_s": step_s, "tokens": counted / steps,
-           "sq_tokens": squared / steps, "tokens_per_s": counted / steps / step_s,
+    row = {"mode": ("critic-" if critic else "") + mode + ("+fsdp" if fsdp else ""), "step_s": step_s,
+           "tokens": counted / steps, "sq_tokens": squared / steps, "tokens_per_s": counted / steps / step_s,
            "warmup_s": time.perf_counter() - started - sum(times), "peak_gib": peak_gib()}
-    row["mfu"] = mfu(row, shape, nproc=1)
+    # the critic multiplies by its layers and a one-output head, not by the vocabulary (as bench_ppo_gpu.py counts it)
+    row["mfu"] = mfu(row, shape, nproc=1, params=shape["num_hidden_layers"] * param_count(shape)[1]
+                     + shape["hidden_size"] if critic else None)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -133,6 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--fsdp", action="store_true",
                         help="wrapped as verl wraps the actor on a GPU (fp32 weights, FSDP1; FSDP1 needs a GPU)")
+    parser.add_argument("--critic", action="store_true", help="the critic's micro step (value head) instead")
     parser.add_argument("--tiny", action="store_true", help="a tiny model on CPU (the harness itself)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -142,7 +150,8 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         try:
-            rows.append(measure(mode, shape, device, args.fsdp, tokens, args.warmup, args.steps, low, high))
+            rows.append(measure(mode, shape, device, args.fsdp, tokens, args.warmup, args.steps, low, high,
+                                args.critic))
         except Exception as error:  # noqa: BLE001 (one mode failing leaves the others worth having)
             print(f"[{mode}] failed: {error!r}", flush=True)
             continue
@@ -150,9 +159,9 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                                             "torch": torch.__version__, "rows": rows}, indent=1))
-    print(f"\n{'mode':<13} {'s/step':>8} {'tokens/s':>10} {'MFU':>7} {'warm-up s':>10} {'peak GiB':>9}")
+    print(f"\n{'mode':<18} {'s/step':>8} {'tokens/s':>10} {'MFU':>7} {'warm-up s':>10} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['mode']:<13} {r['step_s']:8.3f} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {r['warmup_s']:10.1f} "
+        print(f"{r['mode']:<18} {r['step_s']:8.3f} {r['tokens_per_s']:10,.0f} {r['mfu']:7.1%} {r['warmup_s']:10.1f} "
               f"{r['peak_gib']:9.1f}")
 
 
