@@ -268,7 +268,12 @@ def run_row(name: str, args, deadline: float) -> dict:
             "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured),
             "actor_ppo_kl": statistics.median(s.get("actor/ppo_kl", float("nan")) for s in measured),
             "rollout_split_s": rollout_split(out / "profile", [s["step"] for s in measured]),
-            "worker_s": worker_calls(out / "profile", [s["step"] for s in measured])}
+            "worker_s": worker_calls(out / "profile", [s["step"] for s in measured]),
+            "call_split_s": call_split(out / "profile", [s["step"] for s in measured])}
+
+
+def jsonl(paths) -> list[dict]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
 def worker_calls(profile: Path, steps: list[int]) -> dict:
@@ -276,7 +281,7 @@ def worker_calls(profile: Path, steps: list[int]) -> dict:
     of them is called once a step (the n-th call in step n), so verl's timer minus this is the trainer's side and
     the transfer."""
     try:
-        calls = [json.loads(line) for f in profile.glob("worker-calls.*.jsonl") for line in f.read_text().splitlines()]
+        calls = jsonl(profile.glob("worker-calls.*.jsonl"))
     except (OSError, ValueError):
         return {}
     seconds: dict[str, list[float]] = {}
@@ -286,14 +291,51 @@ def worker_calls(profile: Path, steps: list[int]) -> dict:
     return {name: statistics.median(s) for name, s in sorted(seconds.items())}
 
 
+# the trainer's calls into training workers (llm_bridge.phase_profile's events) and the worker method each makes
+TRAINER_CALLS = {"values": "ForTokenClassification.infer_batch",
+                 "update_critic": "ForTokenClassification.train_mini_batch",
+                 "update_actor": "ForCausalLM.train_mini_batch"}
+
+
+def call_split(profile: Path, steps: list[int]) -> dict:
+    """Each trainer call into a training worker, split (seconds, median over `steps`): `to_worker` from the
+    trainer's call to the worker's fetch (the trainer's side, Ray's dispatch), `fetch` the worker's fetch of the
+    call's fields from TransferQueue, `to_method` from there to the method (verl's wrappers), `method` the
+    method's own wall, `back` from its end to the trainer having the result (the return, the metrics)."""
+    try:
+        events = jsonl([profile / "trainer-events.jsonl"])
+        fetches = jsonl(profile.glob("worker-fetches.*.jsonl"))
+        methods = [c for c in jsonl(profile.glob("worker-calls.*.jsonl")) if "t0" in c]
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for call, method in TRAINER_CALLS.items():
+        mine = [e for e in events if e["event"] == call]
+        rows = []
+        for step in steps:
+            if step > len(mine):
+                continue
+            e = mine[step - 1]
+            inside = [m for m in methods if m["call"].endswith(method) and e["t0"] <= m["t0"] <= e["t1"]]
+            fetched = [f for f in fetches if e["t0"] <= f["t0"] <= f["t1"] <= e["t1"]]
+            if len(inside) != 1 or not fetched:
+                continue
+            m, f = inside[0], min(fetched, key=lambda f: f["t0"])
+            rows.append({"call": e["t1"] - e["t0"], "to_worker": f["t0"] - e["t0"], "fetch": f["t1"] - f["t0"],
+                         "to_method": m["t0"] - f["t1"], "method": m["t1"] - m["t0"], "back": e["t1"] - m["t1"]})
+        if rows:
+            out[call] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    return out
+
+
 def rollout_split(profile: Path, steps: list[int]) -> dict:
     """verl's `gen`, split by llm_bridge.phase_profile's logs (median over `steps`, 1-based): `dispatch` from the
     prompts handed to the agent loop to its first request to vLLM, `requests` from the first request's start to
     the last one's end, `tail` from there to the trainer having the batch (TransferQueue, replay buffer),
     `sleep` vLLM put to sleep; `request` is the median request's own time."""
     try:
-        events = [json.loads(line) for line in (profile / "trainer-events.jsonl").read_text().splitlines()]
-        requests = [json.loads(line) for f in profile.glob("requests.*.jsonl") for line in f.read_text().splitlines()]
+        events = jsonl([profile / "trainer-events.jsonl"])
+        requests = jsonl(profile.glob("requests.*.jsonl"))
     except (OSError, ValueError):
         return {}
     prepares = [e for e in events if e["event"] == "prepare"]
@@ -357,6 +399,13 @@ def table(rows: list[dict]) -> str:
         lines += [f"| {r['row']} | " + " | ".join(f"{r['worker_s'].get(c, float('nan')):.2f}" for c in calls)
                   + "".join(f" | {r['mfu'].get(k, 0):.1%}" for k in ("update_actor_in_worker", "update_critic_in_worker"))
                   + " |" for r in split]
+    split = [r for r in rows if r.get("call_split_s")]
+    if split:
+        keys = ("call", "to_worker", "fetch", "to_method", "method", "back")
+        lines += ["", "the trainer's calls into training workers, split (seconds, llm_bridge.phase_profile):", "",
+                  "| row | call | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        lines += [f"| {r['row']} | {call} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |"
+                  for r in split for call, times in r["call_split_s"].items()]
     split = [r for r in rows if r.get("rollout_split_s")]
     if split:
         keys = ("dispatch", "requests", "tail", "sleep", "request")

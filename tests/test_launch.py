@@ -283,7 +283,7 @@ def test_phase_profile_profiles_one_call_and_changes_no_result(tmp_path, monkeyp
     assert worker.train_mini_batch(data) == expected and worker.infer_batch(data) == 8
     timed = [json.loads(line) for line in calls.read_text().splitlines()]  # the profiled call is not among them
     assert [(c["call"], c["n"]) for c in timed] == [("Linear.train_mini_batch", 1), ("Linear.infer_batch", 1)]
-    assert all(0 < c["s"] < 60 for c in timed)
+    assert all(0 < c["s"] < 60 and 0 <= c["t1"] - c["t0"] - c["s"] < 0.05 for c in timed)  # the wall, in clock time
     text = (tmp_path / "Linear.train_mini_batch.txt").read_text()
     assert "call 2" in text and re.search(r"wall \d+\.\d+ s", text) and "aten::" in text
     assert "host-device synchronisations by stack:" in text  # on a GPU: each .item()'s Python stack
@@ -342,7 +342,8 @@ def test_phase_profile_names_where_the_host_waits():
 
 def test_phase_profile_logs_trainer_events_and_rollout_requests(tmp_path, monkeypatch):
     """The rollout's split needs the trainer's phases (as verl timers and as timestamped events) and every request
-    the agent loop sends to vLLM; the folder is made on first use, and results pass through unchanged."""
+    the agent loop sends to vLLM; the split of a training-worker call, the trainer's call and the worker's fetch
+    from TransferQueue. The folder is made on first use, and results pass through unchanged."""
     import asyncio
     import json
     import types
@@ -368,8 +369,32 @@ def test_phase_profile_logs_trainer_events_and_rollout_requests(tmp_path, monkey
     phase_profile._log_requests(types.SimpleNamespace(LLMServerClient=LLMServerClient))
     assert asyncio.run(LLMServerClient().generate("r1", prompt_ids=[1, 2])) == [2, 1]
 
-    (event,) = [json.loads(line) for line in (tmp_path / "profile" / "trainer-events.jsonl").read_text().splitlines()]
-    assert event["event"] == "prepare" and event["t1"] >= event["t0"]
+    class Transferqueue:  # verl.utils.transferqueue_utils: the worker's fetch of a call's fields
+        @staticmethod
+        def _meta_to_realdata(meta):
+            time.sleep(0.01)
+            return {"fields of": meta}
+
+    phase_profile._log_fetches(Transferqueue)
+    assert Transferqueue._meta_to_realdata("batch") == {"fields of": "batch"}
+
+    def _update_actor(self, batch, metrics):
+        metrics["actor/pg_loss"] = 0.5
+        return Transferqueue._meta_to_realdata(batch)
+
+    Trainer._update_actor = phase_profile._logged("update_actor", _update_actor)  # as _time_untimed_phases does
+    metrics = {}
+    assert trainer._update_actor("batch", metrics) == {"fields of": "batch"}
+    assert metrics == {"actor/pg_loss": 0.5} and set(trainer.timing_raw) == {"prepare"}  # verl times the update
+
+    events = [json.loads(line) for line in (tmp_path / "profile" / "trainer-events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["prepare", "update_actor"]
+    assert all(e["t1"] >= e["t0"] for e in events)
     (log,) = (tmp_path / "profile").glob("requests.*.jsonl")
     (request,) = [json.loads(line) for line in log.read_text().splitlines()]
     assert request["t1"] - request["t0"] >= 0.01
+    (log,) = (tmp_path / "profile").glob("worker-fetches.*.jsonl")
+    fetches = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(fetches) == 2 and all(f["t1"] - f["t0"] >= 0.01 for f in fetches)
+    # the fetch inside the update's call, in the same clock
+    assert events[1]["t0"] <= fetches[1]["t0"] <= fetches[1]["t1"] <= events[1]["t1"]

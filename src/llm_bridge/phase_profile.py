@@ -70,10 +70,41 @@ def _timed(name: str, method):
     return wrapper
 
 
+def _logged(name: str, method):
+    """method logged as a trainer event (its start and end), inside a timer verl already has."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        start = time.time()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            _append("trainer-events.jsonl", {"event": name, "t0": start, "t1": time.time()})
+    return wrapper
+
+
 def _time_untimed_phases(trainer_base) -> None:
     cls = trainer_base.PPOTrainer
     cls.prepare_step = _timed("prepare", cls.prepare_step)
     cls._balance_batch = _timed("balance", cls._balance_batch)
+    # the calls into training workers, against the workers' own logs (fetch, the method): where verl's timer of a
+    # pass or update spends what the worker's method does not
+    for name in ("_compute_values", "_update_critic", "_update_actor"):
+        setattr(cls, name, _logged(name.lstrip("_"), getattr(cls, name)))
+
+
+def _log_fetches(transferqueue_utils) -> None:
+    """A training worker's fetch of its call's fields from TransferQueue (before the method runs), logged."""
+    original = transferqueue_utils._meta_to_realdata
+
+    @functools.wraps(original)
+    def fetch(meta):
+        start = time.time()
+        try:
+            return original(meta)
+        finally:
+            _append(f"worker-fetches.{os.getpid()}.jsonl", {"t0": start, "t1": time.time()})
+
+    transferqueue_utils._meta_to_realdata = fetch
 
 
 def _time_rollout_sleep(trainer_module) -> None:
@@ -226,12 +257,13 @@ def _profile_worker_calls(engine_workers) -> None:
             if calls[id(self)] != PROFILE_CALL:
                 # every call's wall inside the worker: verl's update timers also hold the trainer's side and the
                 # transfer (the H200's actor update: 1.76 s in verl's timer, about 1.58 s in the worker)
-                start = time.perf_counter()
+                t0, start = time.time(), time.perf_counter()
                 result = method(self, *args, **kwargs)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                _append(f"worker-calls.{os.getpid()}.jsonl",
-                        {"call": f"{model}.{name}", "n": calls[id(self)], "s": time.perf_counter() - start})
+                _append(f"worker-calls.{os.getpid()}.jsonl", {"call": f"{model}.{name}", "n": calls[id(self)],
+                                                              "s": time.perf_counter() - start, "t0": t0,
+                                                              "t1": time.time()})
                 return result
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
@@ -274,3 +306,4 @@ if PROFILE_DIR:
     when_imported("verl.trainer.ppo.v1.trainer_sync", _time_rollout_sleep)
     when_imported("verl.trainer.ppo.v1.trainer_colocate_async", _time_rollout_sleep)
     when_imported("verl.workers.rollout.llm_server", _log_requests)
+    when_imported("verl.utils.transferqueue_utils", _log_fetches)
