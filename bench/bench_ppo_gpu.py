@@ -300,8 +300,11 @@ TRAINER_CALLS = {"values": "ForTokenClassification.infer_batch",
 def call_split(profile: Path, steps: list[int]) -> dict:
     """Each trainer call into a training worker, split (seconds, median over `steps`): `to_worker` from the
     trainer's call to the worker's fetch (the trainer's side, Ray's dispatch), `fetch` the worker's fetch of the
-    call's fields from TransferQueue, `to_method` from there to the method (verl's wrappers), `method` the
-    method's own wall, `back` from its end to the trainer having the result (the return, the metrics)."""
+    call's fields from TransferQueue, `method` the method's own wall without the fetch, `back` from its end to the
+    trainer having the result (the return, the metrics), `between` the rest (verl's wrappers). The critic's calls
+    fetch inside the timed method (verl's TransferQueue bridge wraps TrainingWorker's methods, which the critic's
+    worker group calls directly), the actor's before it (its bridge wraps ActorRolloutRefWorker.update_actor):
+    `method` leaves the fetch out of both."""
     try:
         events = jsonl([profile / "trainer-events.jsonl"])
         fetches = jsonl(profile.glob("worker-fetches.*.jsonl"))
@@ -321,8 +324,10 @@ def call_split(profile: Path, steps: list[int]) -> dict:
             if len(inside) != 1 or not fetched:
                 continue
             m, f = inside[0], min(fetched, key=lambda f: f["t0"])
-            rows.append({"call": e["t1"] - e["t0"], "to_worker": f["t0"] - e["t0"], "fetch": f["t1"] - f["t0"],
-                         "to_method": m["t0"] - f["t1"], "method": m["t1"] - m["t0"], "back": e["t1"] - m["t1"]})
+            fetch, wall = f["t1"] - f["t0"], e["t1"] - e["t0"]
+            row = {"call": wall, "to_worker": min(f["t0"], m["t0"]) - e["t0"], "fetch": fetch,
+                   "method": m["t1"] - m["t0"] - (fetch if f["t0"] >= m["t0"] else 0), "back": e["t1"] - m["t1"]}
+            rows.append({**row, "between": wall - sum(v for k, v in row.items() if k != "call")})
         if rows:
             out[call] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     return out
@@ -365,12 +370,13 @@ def update_mfu(row: dict, shape: dict) -> dict:
     seqs = row["steps"][-1].get("response_length/mean", 0) + row["steps"][-1].get("prompt_length/mean", 0)
     attn = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * seqs
     out = {}
-    # verl's timers, then the worker's own wall (the actor's model is the one with the LM head)
-    worker = row.get("worker_s", {})
-    for phase, n, call in (("update_actor", n_all, "ForCausalLM.train_mini_batch"),
-                           ("update_critic", n_critic, "ForTokenClassification.train_mini_batch")):
-        seconds = {phase: row["timing_s"].get(phase),
-                   f"{phase}_in_worker": next((s for name, s in worker.items() if name.endswith(call)), None)}
+    # verl's timers, then the worker's own wall (the actor's model is the one with the LM head): the method without
+    # its fetch where the call was split (the critic's method fetches inside), else the method as timed
+    worker, split = row.get("worker_s", {}), row.get("call_split_s", {})
+    for phase, n in (("update_actor", n_all), ("update_critic", n_critic)):
+        own = split.get(phase, {}).get("method") or next(
+            (s for name, s in worker.items() if name.endswith(TRAINER_CALLS[phase])), None)
+        seconds = {phase: row["timing_s"].get(phase), f"{phase}_in_worker": own}
         out |= {key: row["tokens_per_step"] * (6 * n + attn) / s / PEAK_FLOPS for key, s in seconds.items() if s}
     return out
 
@@ -401,7 +407,7 @@ def table(rows: list[dict]) -> str:
                   + " |" for r in split]
     split = [r for r in rows if r.get("call_split_s")]
     if split:
-        keys = ("call", "to_worker", "fetch", "to_method", "method", "back")
+        keys = ("call", "to_worker", "fetch", "between", "method", "back")
         lines += ["", "the trainer's calls into training workers, split (seconds, llm_bridge.phase_profile):", "",
                   "| row | call | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
         lines += [f"| {r['row']} | {call} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |"

@@ -88,8 +88,9 @@ def _time_untimed_phases(trainer_base) -> None:
     cls._balance_batch = _timed("balance", cls._balance_batch)
     # the calls into training workers, against the workers' own logs (fetch, the method): where verl's timer of a
     # pass or update spends what the worker's method does not
-    for name in ("_compute_values", "_update_critic", "_update_actor"):
-        setattr(cls, name, _logged(name.lstrip("_"), getattr(cls, name)))
+    for method, timer in (("_compute_values", "values"), ("_update_critic", "update_critic"),
+                          ("_update_actor", "update_actor")):
+        setattr(cls, method, _logged(timer, getattr(cls, method)))
 
 
 def _log_fetches(transferqueue_utils) -> None:
