@@ -298,10 +298,11 @@ TRAINER_CALLS = {"values": "ForTokenClassification.infer_batch",
 
 
 def call_split(profile: Path, steps: list[int]) -> dict:
-    """Each trainer call into a training worker, split (seconds, median over `steps`): `to_worker` from the
-    trainer's call to the worker's fetch (the trainer's side, Ray's dispatch), `fetch` the worker's fetch of the
-    call's fields from TransferQueue, `method` the method's own wall without the fetch, `back` from its end to the
-    trainer having the result (the return, the metrics), `between` the rest (verl's wrappers). The critic's calls
+    """Each trainer call into a training worker, split (seconds, median over `steps`): `wall` verl's timer of it,
+    `to_worker` from the trainer's call to the worker's fetch (the trainer's side, Ray's dispatch), `fetch` the
+    worker's fetch of the call's fields from TransferQueue, `method` the method's own wall without the fetch, `back`
+    from its end to the trainer having the result (the return, the metrics), `between` the rest (verl's wrappers).
+    The critic's calls
     fetch inside the timed method (verl's TransferQueue bridge wraps TrainingWorker's methods, which the critic's
     worker group calls directly), the actor's before it (its bridge wraps ActorRolloutRefWorker.update_actor):
     `method` leaves the fetch out of both."""
@@ -325,9 +326,9 @@ def call_split(profile: Path, steps: list[int]) -> dict:
                 continue
             m, f = inside[0], min(fetched, key=lambda f: f["t0"])
             fetch, wall = f["t1"] - f["t0"], e["t1"] - e["t0"]
-            row = {"call": wall, "to_worker": min(f["t0"], m["t0"]) - e["t0"], "fetch": fetch,
+            row = {"wall": wall, "to_worker": min(f["t0"], m["t0"]) - e["t0"], "fetch": fetch,
                    "method": m["t1"] - m["t0"] - (fetch if f["t0"] >= m["t0"] else 0), "back": e["t1"] - m["t1"]}
-            rows.append({**row, "between": wall - sum(v for k, v in row.items() if k != "call")})
+            rows.append({**row, "between": wall - sum(v for k, v in row.items() if k != "wall")})
         if rows:
             out[call] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     return out
@@ -399,7 +400,8 @@ def table(rows: list[dict]) -> str:
     if split:
         calls = list(dict.fromkeys(c for r in split for c in r["worker_s"]))
         lines += ["", ("inside the workers (seconds a call; verl's update timers add the trainer's side and the "
-                       "transfer), and the updates' MFU on the worker's wall:"), "",
+                       "transfer), and the updates' MFU on the method's own wall (without its fetch where the "
+                       "call was split below):"), "",
                   "| row | " + " | ".join(calls) + " | MFU actor upd (worker) | MFU critic upd (worker) |",
                   "|---|" + "---|" * (len(calls) + 2)]
         lines += [f"| {r['row']} | " + " | ".join(f"{r['worker_s'].get(c, float('nan')):.2f}" for c in calls)
@@ -407,7 +409,7 @@ def table(rows: list[dict]) -> str:
                   + " |" for r in split]
     split = [r for r in rows if r.get("call_split_s")]
     if split:
-        keys = ("call", "to_worker", "fetch", "between", "method", "back")
+        keys = ("wall", "to_worker", "fetch", "between", "method", "back")
         lines += ["", "the trainer's calls into training workers, split (seconds, llm_bridge.phase_profile):", "",
                   "| row | call | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
         lines += [f"| {r['row']} | {call} | " + " | ".join(f"{times[k]:.3f}" for k in keys) + " |"
