@@ -302,10 +302,9 @@ def call_split(profile: Path, steps: list[int]) -> dict:
     `to_worker` from the trainer's call to the worker's fetch (the trainer's side, Ray's dispatch), `fetch` the
     worker's fetch of the call's fields from TransferQueue, `method` the method's own wall without the fetch, `back`
     from its end to the trainer having the result (the return, the metrics), `between` the rest (verl's wrappers).
-    The critic's calls
-    fetch inside the timed method (verl's TransferQueue bridge wraps TrainingWorker's methods, which the critic's
-    worker group calls directly), the actor's before it (its bridge wraps ActorRolloutRefWorker.update_actor):
-    `method` leaves the fetch out of both."""
+    The critic's calls fetch inside the timed method (verl's TransferQueue bridge wraps TrainingWorker's methods,
+    which the critic's worker group calls directly), the actor's before it (its bridge wraps
+    ActorRolloutRefWorker.update_actor): `method` leaves the fetch out of both."""
     try:
         events = jsonl([profile / "trainer-events.jsonl"])
         fetches = jsonl(profile.glob("worker-fetches.*.jsonl"))

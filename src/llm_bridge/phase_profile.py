@@ -9,6 +9,10 @@ when `LLM_BRIDGE_PROFILE_DIR` is set, as `bench/bench_ppo_gpu.py` does. Checked 
   its start and end (`<dir>/requests.<pid>.jsonl`) beside the trainer's events (`<dir>/trainer-events.jsonl`),
   so that `bench/bench_ppo_gpu.py` can split a step's rollout into dispatch, the requests' window, and the tail
   after the last response.
+- The calls into training workers: the trainer's calls (`values`, `update_critic`, `update_actor`, as verl times
+  them) are logged as trainer events, and each worker's fetch of a call's fields from TransferQueue
+  (`<dir>/worker-fetches.<pid>.jsonl`), with clock times, so that the benchmark can split verl's timer into the
+  dispatch, the fetch, the method and the return.
 - The workers: every call of a training-worker method has its wall time logged (`<dir>/worker-calls.<pid>.jsonl`),
   and one call of each training-worker method (the actor's and the critic's `train_mini_batch` and
   `infer_batch`: one call a step each for updates, old log-probs, values) runs under torch's profiler, the
@@ -56,22 +60,20 @@ def _timed(name: str, method):
     """method under verl's marked_timer `name` (a timing_s/<name> metric) and logged as a trainer event."""
     from verl.utils.debug import marked_timer
 
+    logged = _logged(name, method)
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         timing = getattr(self, "timing_raw", None)
         if timing is None:
             return method(self, *args, **kwargs)
-        start = time.time()
-        try:
-            with marked_timer(name, timing):
-                return method(self, *args, **kwargs)
-        finally:
-            _append("trainer-events.jsonl", {"event": name, "t0": start, "t1": time.time()})
+        with marked_timer(name, timing):
+            return logged(self, *args, **kwargs)
     return wrapper
 
 
 def _logged(name: str, method):
-    """method logged as a trainer event (its start and end), inside a timer verl already has."""
+    """method logged as a trainer event (its start and end); alone, for a call inside a timer verl already has."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         start = time.time()
