@@ -112,6 +112,13 @@ def run_row(name: str, args, shape: dict, deadline: float) -> dict:
     return {**row, **found[-1]}
 
 
+def critic_params(shape: dict) -> int:
+    """What a critic multiplies by: its decoder layers and a one-output value head, no vocabulary projection."""
+    from llm_bridge.fit import param_count
+
+    return shape["num_hidden_layers"] * param_count(shape)[1] + shape["hidden_size"]
+
+
 def mfu(row: dict, shape: dict, nproc: int, params: int | None = None) -> float | None:
     """`params`: what the model multiplies by, where not all of the shape's (a critic: no vocabulary projection)."""
     from llm_bridge.fit import param_count

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from bench_gpu import mfu  # beside this file (MFU as for SFT)
+from bench_gpu import critic_params, mfu  # beside this file (MFU as for SFT)
 from gpu_workers import peak_gib, sync
 
 LLAMA_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
@@ -94,7 +94,6 @@ def build(mode: str, shape: dict, device: str, fsdp: bool, critic: bool = False)
 
 def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup: int, steps: int, low: int,
             high: int, critic: bool = False) -> dict:
-    from llm_bridge.fit import param_count
     from llm_bridge.gpu_support import logprobs_function
 
     model = build(mode, shape, device, fsdp, critic)
@@ -122,9 +121,7 @@ def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup
     row = {"mode": ("critic-" if critic else "") + mode + ("+fsdp" if fsdp else ""), "step_s": step_s,
            "tokens": counted / steps, "sq_tokens": squared / steps, "tokens_per_s": counted / steps / step_s,
            "warmup_s": time.perf_counter() - started - sum(times), "peak_gib": peak_gib()}
-    # the critic multiplies by its layers and a one-output head, not by the vocabulary (as bench_ppo_gpu.py counts it)
-    row["mfu"] = mfu(row, shape, nproc=1, params=shape["num_hidden_layers"] * param_count(shape)[1]
-                     + shape["hidden_size"] if critic else None)
+    row["mfu"] = mfu(row, shape, nproc=1, params=critic_params(shape) if critic else None)
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

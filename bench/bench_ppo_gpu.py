@@ -40,7 +40,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts" / "gpu"))
-from bench_gpu import PEAK_FLOPS, model_shape, run_rows  # noqa: E402  (beside this file)
+from bench_gpu import PEAK_FLOPS, critic_params, model_shape, run_rows  # noqa: E402  (beside this file)
 PHASES = ("prepare", "gen", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights",
           "untimed", "step")
 # timers not added up into the step's timed parts: the step itself, testing (outside it), gen_sleep (inside gen)
@@ -260,16 +260,17 @@ def run_row(name: str, args, deadline: float) -> dict:
         s["timing_s/step"] - sum(v for k, v in s.items() if k.startswith("timing_s/") and k not in NOT_ADDED)
         for s in measured)
     tokens = statistics.median(s["perf/total_num_tokens"] for s in measured)
+    numbers = [s["step"] for s in measured]
     return {**row, "s_per_step": timing["step"], "tokens_per_s": tokens / timing["step"], "tokens_per_step": tokens,
             # Ray, the FSDP workers and vLLM's start (compilation, CUDA graphs): the run's wall time outside its steps
             "startup_s": round(row["wall_s"] - sum(s["timing_s/step"] + s.get("timing_s/testing", 0) for s in steps), 1),
-            "timing_s": timing, "measured_steps": [s["step"] for s in measured],
+            "timing_s": timing, "measured_steps": numbers,
             "response_length": statistics.median(s.get("response_length/mean", 0) for s in measured),
             "rollout_actor_kl": statistics.median(s.get("rollout_corr/kl", float("nan")) for s in measured),
             "actor_ppo_kl": statistics.median(s.get("actor/ppo_kl", float("nan")) for s in measured),
-            "rollout_split_s": rollout_split(out / "profile", [s["step"] for s in measured]),
-            "worker_s": worker_calls(out / "profile", [s["step"] for s in measured]),
-            "call_split_s": call_split(out / "profile", [s["step"] for s in measured])}
+            "rollout_split_s": rollout_split(out / "profile", numbers),
+            "worker_s": worker_calls(out / "profile", numbers),
+            "call_split_s": call_split(out / "profile", numbers)}
 
 
 def jsonl(paths) -> list[dict]:
@@ -365,8 +366,7 @@ def update_mfu(row: dict, shape: dict) -> dict:
 
     if "timing_s" not in row:
         return {}
-    n_all, layer = param_count(shape)
-    n_critic = shape["num_hidden_layers"] * layer + shape["hidden_size"]
+    n_all, n_critic = param_count(shape)[0], critic_params(shape)
     seqs = row["steps"][-1].get("response_length/mean", 0) + row["steps"][-1].get("prompt_length/mean", 0)
     attn = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * seqs
     out = {}

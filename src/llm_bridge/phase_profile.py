@@ -72,16 +72,22 @@ def _timed(name: str, method):
     return wrapper
 
 
-def _logged(name: str, method):
-    """method logged as a trainer event (its start and end); alone, for a call inside a timer verl already has."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+def _clocked(func, log: str, record: dict):
+    """func with each call's start and end (clock time, comparable across processes) added to `record` in
+    <dir>/log; `{pid}` in `log` is the calling process's."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
         start = time.time()
         try:
-            return method(self, *args, **kwargs)
+            return func(*args, **kwargs)
         finally:
-            _append("trainer-events.jsonl", {"event": name, "t0": start, "t1": time.time()})
+            _append(log.format(pid=os.getpid()), {**record, "t0": start, "t1": time.time()})
     return wrapper
+
+
+def _logged(name: str, method):
+    """method logged as a trainer event (its start and end); alone, for a call inside a timer verl already has."""
+    return _clocked(method, "trainer-events.jsonl", {"event": name})
 
 
 def _time_untimed_phases(trainer_base) -> None:
@@ -97,17 +103,8 @@ def _time_untimed_phases(trainer_base) -> None:
 
 def _log_fetches(transferqueue_utils) -> None:
     """A training worker's fetch of its call's fields from TransferQueue (before the method runs), logged."""
-    original = transferqueue_utils._meta_to_realdata
-
-    @functools.wraps(original)
-    def fetch(meta):
-        start = time.time()
-        try:
-            return original(meta)
-        finally:
-            _append(f"worker-fetches.{os.getpid()}.jsonl", {"t0": start, "t1": time.time()})
-
-    transferqueue_utils._meta_to_realdata = fetch
+    transferqueue_utils._meta_to_realdata = _clocked(transferqueue_utils._meta_to_realdata,
+                                                     "worker-fetches.{pid}.jsonl", {})
 
 
 def _time_rollout_sleep(trainer_module) -> None:
