@@ -88,15 +88,16 @@ ROWS = {
     "tuned-one-value-batch": ({}, ["critic.forward_max_token_len_per_gpu=131072"], {}),
     # FSDP2 (per-parameter DTensor sharding) for actor and critic instead of FSDP1's flat parameters
     "tuned-fsdp2": ({}, ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp2"], {}),
-    # three changes, each in a timer of its own: the critic gets Liger's RMSNorm and SwiGLU kernels as the actor has
-    # (its update spent 0.33 s in HF's elementwise kernels under the profiler: mul, copy, pow, silu), the value pass
-    # in one micro batch, and no sequence balancing (one GPU: nothing to balance; the `balance` timer, 0.10 s)
+    # two changes, each in a timer of its own: the value pass in one micro batch, and no sequence balancing (one GPU:
+    # nothing to balance; the `balance` timer, 0.10 s). Before the preset gave the critic Liger's kernels, this row
+    # also did (2026-12-06, H200: critic update 2.33 -> 2.05 s)
     "tuned-critic-liger": ({}, ["critic.model.use_liger=True", "critic.forward_max_token_len_per_gpu=131072",
                                 "trainer.balance_batch=False"], {}),
-    # the critic's part of that alone: on one GPU the critic shares the actor's process, where Liger's patch reaches
-    # the rotary embedding (a function) but not the RMSNorm and MLP classes the critic was built with (the H200's
-    # profile, 2026-12-06); the micro step alone is 22-34 % faster with Liger's kernels (bench/bench_layers.py)
-    "tuned-critic-liger-only": ({}, ["critic.model.use_liger=True"], {}),
+    # the critic without Liger's kernels, as before the preset had them: on one GPU it shares the actor's process,
+    # where Liger's patch reaches the rotary embedding (a function) but not the RMSNorm and MLP classes the critic
+    # was built with (the H200's profile, 2026-12-06). With them its update ran 1.51 s on an H100 (2026-12-07), the
+    # four tuned rows before 1.66-1.75 s on three other H100s
+    "tuned-critic-no-liger": ({}, ["critic.model.use_liger=False"], {}),
     # torch's fused AdamW (one kernel for all parameters) for actor and critic instead of its default foreach
     # kernels: the H100's actor update spent 148 ms of its 1.54 s of GPU time in 4 optimizer steps (2026-12-06)
     "tuned-fused-adam": ({}, ["actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",

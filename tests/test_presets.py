@@ -85,6 +85,8 @@ def test_ppo_command_is_accepted_by_verls_own_config(name, tmp_path):
     assert cfg.actor_rollout_ref.rollout.gpu_memory_utilization == settings["gpu_memory_utilization"]
     assert cfg.trainer.n_gpus_per_node == preset["gpus_per_node"] and cfg.trainer.nnodes == preset["nnodes"]
     assert cfg.data.train_batch_size == settings["train_batch_size"]
+    # the critic needs Liger's kernels of its own: in the actor's process the actor's patch reaches only its RoPE
+    assert cfg.critic.model.use_liger == cfg.actor_rollout_ref.model.use_liger
 
 
 def test_cpu_ppo_command_is_accepted_by_verls_own_config(tmp_path):
