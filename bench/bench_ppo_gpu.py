@@ -90,9 +90,8 @@ ROWS = {
     "tuned-fsdp2": ({}, ["actor_rollout_ref.actor.strategy=fsdp2", "critic.strategy=fsdp2"], {}),
     # two changes, each in a timer of its own: the value pass in one micro batch, and no sequence balancing (one GPU:
     # nothing to balance; the `balance` timer, 0.10 s). Before the preset gave the critic Liger's kernels, this row
-    # also did (2026-12-06, H200: critic update 2.33 -> 2.05 s)
-    "tuned-critic-liger": ({}, ["critic.model.use_liger=True", "critic.forward_max_token_len_per_gpu=131072",
-                                "trainer.balance_batch=False"], {}),
+    # also did (2026-12-06, H200: critic update 2.33 -> 2.05 s); the name stays for those results
+    "tuned-critic-liger": ({}, ["critic.forward_max_token_len_per_gpu=131072", "trainer.balance_batch=False"], {}),
     # the critic without Liger's kernels, as before the preset had them: on one GPU it shares the actor's process,
     # where Liger's patch reaches the rotary embedding (a function) but not the RMSNorm and MLP classes the critic
     # was built with (the H200's profile, 2026-12-06). With them its update ran 1.51 s on an H100 (2026-12-07), the
