@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -233,6 +234,9 @@ def run_row(name: str, args, deadline: float) -> dict:
     row = {"row": name, "overrides": parsed["ppo"]["overrides"], "env": parsed.get("env", {})}
     if budget < args.min_row_s:
         return {**row, "error": "skipped: out of time"}
+    # a row run again starts from an empty folder: its phase profiler appends per-process logs there, and a second
+    # run's would be read together with the first's (2026-12-07, H100: the same call split for both runs)
+    shutil.rmtree(out, ignore_errors=True)
     start, started = time.monotonic(), time.time()
     env = {"VLLM_LOGGING_LEVEL": "INFO", **os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
     with (args.out / f"{name}.log").open("w") as log:
