@@ -89,6 +89,28 @@ def test_ppo_command_is_accepted_by_verls_own_config(name, tmp_path):
     assert cfg.critic.model.use_liger == cfg.actor_rollout_ref.model.use_liger
 
 
+def test_fused_adam_row_gives_verls_engines_a_fused_optimizer(tmp_path):
+    """The benchmark's `tuned-fused-adam` row measures what its name says: verl's optimizer builder, fed the composed
+    config's actor and critic sections, builds torch's fused AdamW (the preset's own: the foreach one)."""
+    import sys
+
+    import torch
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config.optimizer import build_optimizer
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_ppo_gpu import ROWS
+
+    preset = load("h200x1")
+    settings = fit.stage_settings(base_config(), preset, "ppo")
+    overrides = ppo.verl_overrides(settings, tmp_path / "m", tmp_path / "d", tmp_path / "c", cluster(preset), 512, 0)
+    for extra, fused in (([], False), (ROWS["tuned-fused-adam"][1], True)):
+        cfg = compose("ppo_trainer", overrides + extra)
+        for section in (cfg.actor_rollout_ref.actor.optim, cfg.critic.optim):
+            optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(4))], omega_conf_to_dataclass(section))
+            assert type(optimizer) is torch.optim.AdamW and bool(optimizer.defaults["fused"]) is fused
+
+
 def test_cpu_ppo_command_is_accepted_by_verls_own_config(tmp_path):
     """The embedded default's PPO command: verl accepts it, and vLLM's KV cache is sized from the model and the
     rollout batch (it is allocated up front in host RAM on CPU), not vLLM's whole-GiB default."""
