@@ -112,11 +112,26 @@ ROWS = {
     # on an 80-GB H100 a 24k-token actor budget may then fit, one micro batch a mini batch as on the H200
     "tuned-compile-24k": ({}, ["actor_rollout_ref.model.use_liger=False",
                                "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"], {"LLM_BRIDGE_COMPILE": "1"}),
+    # PyTorch's classic caching allocator instead of the preset's expandable segments (CUDA virtual memory mapped
+    # as a segment grows): verl empties the cache each step for vLLM's wake, and on the 80-GB H100, near the card's
+    # limit (76 of 79.6 GiB reserved), the first backward of an update waited 130 ms on the allocator (2026-12-06)
+    # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07)
+    "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
+    "tuned-compile-24k-classic-allocator": ({}, ["actor_rollout_ref.model.use_liger=False",
+                                                 "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"],
+                                            {"LLM_BRIDGE_COMPILE": "1", "PYTORCH_CUDA_ALLOC_CONF": ""}),
     "tuned-compile-fused-adam": ({}, ["actor_rollout_ref.model.use_liger=False",
                                       "actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
                                       "critic.optim.override_optimizer_config={fused:true}"],
                                  {"LLM_BRIDGE_COMPILE": "1"}),
 }
+
+# `--fit NAME`: what another GPU needs for the tuned rows, by name. An 80-GB H100: half the h200x1 preset's token
+# budgets (the actor 16k: two micro batches a mini batch)
+FITS = {"h100": ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384",
+                 "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=32768",
+                 "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=32768",
+                 "critic.ppo_max_token_len_per_gpu=32768", "critic.forward_max_token_len_per_gpu=32768")}
 
 
 def row_params(name: str, steps: int, gsm8k: Path, max_prompt_length: int, keep: bool = False,
@@ -226,7 +241,7 @@ def run_row(name: str, args, deadline: float) -> dict:
                         keep=name == args.keep,
                         # the seed row is the baseline, not a subject: no timers of ours
                         profile_dir=None if name == "seed" else (out / "profile").resolve(),
-                        profile_last_step=name in args.profile, fit=tuple(args.fit.split()))
+                        profile_last_step=name in args.profile, fit=FITS.get(args.fit, tuple(args.fit.split())))
     cmd = [sys.executable, "-m", "llm_bridge.ppo", "--params", params, "--sft-model", str(args.model_dir),
            "--data-dir", str(args.data_dir), "--out-dir", str(out)]
     budget = deadline - time.monotonic()
@@ -459,7 +474,8 @@ def main() -> None:
     # the profiled step (torch's profiler with Python stacks on three training-worker calls) took 200-227 s of GPU
     # time on 2026-12-06: profile one row of a run, not all
     parser.add_argument("--fit", default="", help="verl overrides (space-separated) added to every row but the seed's, "
-                        "for a GPU the h200x1 preset does not fit (an H100: smaller token budgets)")
+                        "for a GPU the h200x1 preset does not fit, or the name of a set of them: "
+                        f"{', '.join(FITS)} (an H100: smaller token budgets)")
     parser.add_argument("--profile", default="", help="rows whose last step runs under the profiler (comma-separated)")
     parser.add_argument("--deadline", type=float, default=540, help="seconds for all rows; later rows are skipped")
     parser.add_argument("--min-row-s", type=float, default=330,

@@ -643,3 +643,26 @@ except RuntimeError as error:
     routed, refused = run_with_verl_fixes(script).strip().splitlines()[-2:]
     assert routed == ("(('10.0.0.1:8000', 'the-server'), ('10.0.0.1:8000', 'the-server'), [], 2, 1)")
     assert refused.startswith("refused:") and "cannot add or remove servers" in refused
+
+
+def test_every_ppo_bench_row_is_accepted_by_verls_own_config(tmp_path):
+    """Each row of bench/bench_ppo_gpu.py, as the benchmark launches it on an H100 (`--fit h100`), composes in verl's
+    own config: a misspelt override fails here, not four minutes into a GPU session. A row's own setting of a key
+    the fit also sets wins."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_ppo_gpu import FITS, ROWS, row_params
+
+    for name in ROWS:
+        params = json.loads(row_params(name, 5, tmp_path / "gsm8k", 512, fit=FITS["h100"]))
+        overrides = ppo.verl_overrides(params["ppo"], tmp_path / "m", tmp_path / "d", tmp_path / "c", params["cluster"],
+                                       params["max_prompt_length"], params["seed"])
+        cfg = compose("ppo_trainer", overrides)
+        actor = cfg.actor_rollout_ref.actor
+        if name == "seed":  # the seed's padded micro batches of a fixed count: no fit
+            assert not actor.use_dynamic_bsz and actor.ppo_micro_batch_size_per_gpu == 8
+        else:
+            assert actor.use_dynamic_bsz and actor.ppo_max_token_len_per_gpu == (
+                24576 if name.startswith("tuned-compile-24k") else 16384), name

@@ -16,7 +16,8 @@
 #                        KEEP=ROW saves that row's checkpoint for chain-post; SEED_STEPS=N the seed row's steps, PPO_STEPS=N the others'
 #                        PROFILE=ROW[,ROW] runs those rows' last step under torch's profiler (3-4 minutes each;
 #                        with LLM_BRIDGE_PROFILE_STACKS=0 seconds: the timeline and the GPU's idle gaps, no stacks);
-#                        PPO_FIT="OVERRIDE ..." verl overrides for every row but the seed's (an H100: smaller budgets)
+#                        PPO_FIT="OVERRIDE ..." verl overrides for every row but the seed's, or a named set of
+#                        them (PPO_FIT=h100: smaller budgets; bench_ppo_gpu.FITS)
 #   bench-layers[=MODES] bench/bench_layers.py --fsdp: the actor's micro step alone in MODES (default compile,liger)
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
 #   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
