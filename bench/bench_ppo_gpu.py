@@ -213,6 +213,9 @@ def ray_actors(started: float, keep: Path) -> list[dict]:
         gcs = (logs / "gcs_server.out").read_text(errors="replace")
     except OSError:
         return []
+    opened = next((when(line) for line in gcs.splitlines() if console.log_time(line) is not None), None)
+    if opened is None or opened < 0:  # an earlier session's: this row stopped before it started Ray
+        return []
     keep.write_text(gcs)
     handed, created = {}, {}
     for line in gcs.splitlines():

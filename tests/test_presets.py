@@ -666,3 +666,29 @@ def test_every_ppo_bench_row_is_accepted_by_verls_own_config(tmp_path):
         else:
             assert actor.use_dynamic_bsz and actor.ppo_max_token_len_per_gpu == (
                 24576 if name.startswith("tuned-compile-24k") else 16384), name
+
+
+def test_a_bench_row_run_again_reads_only_its_own_logs(tmp_path):
+    """A PPO bench row run a second time on the same machine starts from an empty folder: the phase profiler's
+    per-process logs of the first run are not read with the second's (on 2026-12-07 they were: the same call split
+    came back for both runs). Here the second run stops at once (no model): its row has no timings of its own."""
+    import argparse
+    import sys
+    import time
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_ppo_gpu import run_row
+
+    out = tmp_path / "bench"
+    stale = out / "tuned" / "profile" / "worker-calls.1.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"method": "train_mini_batch", "s": 1.0}\n')
+    args = argparse.Namespace(out=out, steps=2, seed_steps=2, gsm8k=tmp_path / "gsm8k", max_prompt_length=512, keep="",
+                              profile=set(), fit="h100", model_dir=tmp_path / "no-model", data_dir=tmp_path / "no-data",
+                              min_row_s=0)
+    row = run_row("tuned", args, time.monotonic() + 120)
+    assert not stale.exists()
+    assert row["exit"] == 2 and "error" in row and "worker_s" not in row
+    assert row["ray_actors"] == []  # not an earlier Ray session's (Ray never started)
+    # the stage refuses the missing input by name, in one line, before anything starts
+    assert f"llm-bridge: error: the stage's inputs are missing: {tmp_path / 'no-model'}," in (out / "tuned.log").read_text()

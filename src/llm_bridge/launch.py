@@ -85,6 +85,11 @@ def input_stamp(data: list[Path], code: list[Path]) -> dict[str, object]:
     parquet file) by its files' sizes and modification times (a model is gigabytes: no hashing), each code file by
     its content (a checkout touches files it does not change). Snakemake reruns a stage when an input changed; the
     rerun must then train afresh, not resume the checkpoints of the old SFT model or data, which keep their path."""
+    missing = [str(path) for path in data if not path.exists()]
+    if missing:  # a module run on its own with a wrong path: say which, before anything starts
+        what = "input is" if len(missing) == 1 else "inputs are"
+        raise InputError(f"the stage's {what} missing: {', '.join(missing)}. Run the stage that makes each first "
+                         "(the pipeline's targets: `snakemake --list-target-rules`), or pass the right path")
     stamp: dict[str, object] = {}
     for path in data:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
