@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from gpu_workers import sync  # beside this file
 
 LAYER = 2048 * 2048 * 2 + 2048 * 512 * 2 + 3 * 2048 * 8192 + 2 * 2048  # q, o, k, v, gate/up/down, two norms
 FLAT_SIZES = [128256 * 2048 + 2048] + [LAYER] * 16  # the tied embedding + final norm, then each decoder layer
@@ -33,11 +34,6 @@ def flat_params(sizes: list[int], device: str) -> list[torch.nn.Parameter]:
         p.grad = torch.randn(n, device=device) * 1e-3
         params.append(p)
     return params
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_as_verl(params, optimizer, clip: float) -> float:
@@ -63,10 +59,10 @@ def measure(form: str, sizes: list[int], device: str, steps: int) -> dict:
     step = step_without_sync if form == "fused-no-sync" else step_as_verl
     walls = []
     for _ in range(steps + 2):
-        sync(device)
+        sync()
         t0 = time.perf_counter()
         step(params, optimizer, 1.0)
-        sync(device)
+        sync()
         walls.append(time.perf_counter() - t0)
     wall = statistics.median(walls[2:])
     n = sum(sizes)

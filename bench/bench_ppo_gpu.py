@@ -117,14 +117,14 @@ ROWS = {
     # limit (76 of 79.6 GiB reserved), the first backward of an update waited 130 ms on the allocator (2026-12-06)
     # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07)
     "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
-    "tuned-compile-24k-classic-allocator": ({}, ["actor_rollout_ref.model.use_liger=False",
-                                                 "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"],
-                                            {"LLM_BRIDGE_COMPILE": "1", "PYTORCH_CUDA_ALLOC_CONF": ""}),
     "tuned-compile-fused-adam": ({}, ["actor_rollout_ref.model.use_liger=False",
                                       "actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
                                       "critic.optim.override_optimizer_config={fused:true}"],
                                  {"LLM_BRIDGE_COMPILE": "1"}),
 }
+# the compiled 24k row with the classic allocator: both rows' changes together
+ROWS["tuned-compile-24k-classic-allocator"] = (ROWS["tuned-compile-24k"][0], ROWS["tuned-compile-24k"][1],
+                                               {**ROWS["tuned-compile-24k"][2], **ROWS["tuned-classic-allocator"][2]})
 
 # `--fit NAME`: what another GPU needs for the tuned rows, by name. An 80-GB H100: half the h200x1 preset's token
 # budgets (the actor 16k: two micro batches a mini batch)

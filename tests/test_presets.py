@@ -46,6 +46,23 @@ def cluster(preset: dict) -> dict:
     return {k: preset[k] for k in ("nnodes", "gpus_per_node", "procs_per_node")}
 
 
+def preset_ppo_overrides(preset: dict, tmp_path: Path) -> tuple[dict, list[str]]:
+    """The preset's PPO settings and the verl command line llm_bridge.ppo makes of them (seed prompt length)."""
+    settings = fit.stage_settings(base_config(), preset, "ppo")
+    return settings, ppo.verl_overrides(settings, tmp_path / "sft_model", tmp_path / "data", tmp_path / "ckpt",
+                                        cluster(preset), 512, 0)
+
+
+def bench_ppo_gpu():
+    """bench/bench_ppo_gpu.py, the PPO benchmark the GPU sessions run (its rows, their params, a row's run)."""
+    import importlib
+    import sys
+
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
+    return importlib.import_module("bench_ppo_gpu")
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_validates_and_says_how_to_use_it(name):
     schema = yaml.safe_load((REPO / "config" / "presets" / "schema.yaml").read_text())
@@ -77,9 +94,7 @@ def test_sft_command_is_accepted_by_verls_own_config(name, tmp_path):
 @pytest.mark.parametrize("name", GPU_PRESETS)
 def test_ppo_command_is_accepted_by_verls_own_config(name, tmp_path):
     preset = load(name)
-    settings = fit.stage_settings(base_config(), preset, "ppo")
-    overrides = ppo.verl_overrides(settings, tmp_path / "sft_model", tmp_path / "data", tmp_path / "ckpt", cluster(preset),
-                                   512, 0)
+    settings, overrides = preset_ppo_overrides(preset, tmp_path)
     cfg = compose("ppo_trainer", overrides)
     assert cfg.actor_rollout_ref.rollout.name == "vllm"  # production rollout
     assert cfg.actor_rollout_ref.rollout.gpu_memory_utilization == settings["gpu_memory_utilization"]
@@ -92,19 +107,12 @@ def test_ppo_command_is_accepted_by_verls_own_config(name, tmp_path):
 def test_fused_adam_row_gives_verls_engines_a_fused_optimizer(tmp_path):
     """The benchmark's `tuned-fused-adam` row measures what its name says: verl's optimizer builder, fed the composed
     config's actor and critic sections, builds torch's fused AdamW (the preset's own: the foreach one)."""
-    import sys
-
     import torch
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config.optimizer import build_optimizer
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_ppo_gpu import ROWS
-
-    preset = load("h200x1")
-    settings = fit.stage_settings(base_config(), preset, "ppo")
-    overrides = ppo.verl_overrides(settings, tmp_path / "m", tmp_path / "d", tmp_path / "c", cluster(preset), 512, 0)
-    for extra, fused in (([], False), (ROWS["tuned-fused-adam"][1], True)):
+    _, overrides = preset_ppo_overrides(load("h200x1"), tmp_path)
+    for extra, fused in (([], False), (bench_ppo_gpu().ROWS["tuned-fused-adam"][1], True)):
         cfg = compose("ppo_trainer", overrides + extra)
         for section in (cfg.actor_rollout_ref.actor.optim, cfg.critic.optim):
             optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(4))], omega_conf_to_dataclass(section))
@@ -650,13 +658,10 @@ def test_every_ppo_bench_row_is_accepted_by_verls_own_config(tmp_path):
     own config: a misspelt override fails here, not four minutes into a GPU session. A row's own setting of a key
     the fit also sets wins."""
     import json
-    import sys
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_ppo_gpu import FITS, ROWS, row_params
-
-    for name in ROWS:
-        params = json.loads(row_params(name, 5, tmp_path / "gsm8k", 512, fit=FITS["h100"]))
+    bench = bench_ppo_gpu()
+    for name in bench.ROWS:
+        params = json.loads(bench.row_params(name, 5, tmp_path / "gsm8k", 512, fit=bench.FITS["h100"]))
         overrides = ppo.verl_overrides(params["ppo"], tmp_path / "m", tmp_path / "d", tmp_path / "c", params["cluster"],
                                        params["max_prompt_length"], params["seed"])
         cfg = compose("ppo_trainer", overrides)
@@ -673,11 +678,7 @@ def test_a_bench_row_run_again_reads_only_its_own_logs(tmp_path):
     per-process logs of the first run are not read with the second's (on 2026-12-07 they were: the same call split
     came back for both runs). Here the second run stops at once (no model): its row has no timings of its own."""
     import argparse
-    import sys
     import time
-
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_ppo_gpu import run_row
 
     out = tmp_path / "bench"
     stale = out / "tuned" / "profile" / "worker-calls.1.jsonl"
@@ -686,7 +687,7 @@ def test_a_bench_row_run_again_reads_only_its_own_logs(tmp_path):
     args = argparse.Namespace(out=out, steps=2, seed_steps=2, gsm8k=tmp_path / "gsm8k", max_prompt_length=512, keep="",
                               profile=set(), fit="h100", model_dir=tmp_path / "no-model", data_dir=tmp_path / "no-data",
                               min_row_s=0)
-    row = run_row("tuned", args, time.monotonic() + 120)
+    row = bench_ppo_gpu().run_row("tuned", args, time.monotonic() + 120)
     assert not stale.exists()
     assert row["exit"] == 2 and "error" in row and "worker_s" not in row
     assert row["ray_actors"] == []  # not an earlier Ray session's (Ray never started)
