@@ -98,10 +98,11 @@ ROWS = {
     # was built with (the H200's profile, 2026-12-06). With them its update ran 1.51 s on an H100 (2026-12-07), the
     # four tuned rows before 1.66-1.75 s on three other H100s
     "tuned-critic-no-liger": ({}, ["critic.model.use_liger=False"], {}),
-    # torch's fused AdamW (one kernel for all parameters) for actor and critic instead of its default foreach
-    # kernels: the H100's actor update spent 148 ms of its 1.54 s of GPU time in 4 optimizer steps (2026-12-06)
-    "tuned-fused-adam": ({}, ["actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
-                              "critic.optim.override_optimizer_config={fused:true}"], {}),
+    # torch's foreach AdamW (its default on CUDA, a pass over memory per foreach op) for actor and critic instead
+    # of the preset's fused one: as the presets were before 2026-12-07, when fused AdamW took an H100's actor update
+    # 1.86-2.05 -> 1.81 s and the critic's 1.36-1.47 -> 1.30-1.34 s (the step alone 42 -> 19 ms, bench_adamw.py)
+    "tuned-foreach-adam": ({}, ["actor_rollout_ref.actor.optim.override_optimizer_config={fused:false}",
+                                "critic.optim.override_optimizer_config={fused:false}"], {}),
     # each decoder layer of actor, critic and reference, and the log-probs, under torch.compile
     # (llm_bridge.gpu_support): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no Liger), and the
     # host launches a few kernels a layer instead of dozens (the H100's actor update: GPU idle 28 % of the time, 1,024
@@ -117,10 +118,10 @@ ROWS = {
     # limit (76 of 79.6 GiB reserved), the first backward of an update waited 130 ms on the allocator (2026-12-06)
     # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07)
     "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
-    "tuned-compile-fused-adam": ({}, ["actor_rollout_ref.model.use_liger=False",
-                                      "actor_rollout_ref.actor.optim.override_optimizer_config={fused:true}",
-                                      "critic.optim.override_optimizer_config={fused:true}"],
-                                 {"LLM_BRIDGE_COMPILE": "1"}),
+    # each update's whole batch moved to the GPU once, before verl's splits (llm_bridge.verl_fixes): verl moves each
+    # micro batch as its forward starts, 13 blocking copies a micro batch that drain the GPU (the H100's updates,
+    # 2026-12-07: 54-58 ms of the 324-331 ms the GPU was idle in each)
+    "tuned-update-on-device": ({}, [], {"LLM_BRIDGE_UPDATE_ON_DEVICE": "1"}),
 }
 # the compiled 24k row with the classic allocator: both rows' changes together
 ROWS["tuned-compile-24k-classic-allocator"] = (ROWS["tuned-compile-24k"][0], ROWS["tuned-compile-24k"][1],
