@@ -20,7 +20,7 @@ fi
 bash scripts/setup.sh
 . .venv/bin/activate
 set +e
-python -m pytest -ra "$@"
+python -m pytest -ra --durations=25 "$@"  # the slowest tests, for keeping the suite inside CI's window
 rc=$?
 set -e
 if [ $rc = 5 ]; then
