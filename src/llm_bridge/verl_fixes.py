@@ -242,16 +242,23 @@ def _packed_rows(tensor) -> bool:
     return tensor.layout == torch.jagged and getattr(tensor, "_ragged_idx", 1) == 1 and tensor._lengths is None
 
 
+def host_offsets(tensor):
+    """A nested tensor's offsets as a numpy array, read once and kept on the tensor (HOST_OFFSETS): on a GPU the
+    one wait a field and update (verl's unbind waits at every split)."""
+    host = getattr(tensor, HOST_OFFSETS, None)
+    if host is None:
+        host = tensor.offsets().cpu().numpy()
+        setattr(tensor, HOST_OFFSETS, host)
+    return host
+
+
 def take_rows(tensor, rows):
     """Rows `rows` (a numpy int64 array) of a packed jagged nested tensor, as a new one (values copied, as verl's
     selection copies)."""
     import numpy as np
     import torch
 
-    host = getattr(tensor, HOST_OFFSETS, None)
-    if host is None:  # the one wait on the GPU a field and update (verl's unbind waits at every split)
-        host = tensor.offsets().cpu().numpy()
-        setattr(tensor, HOST_OFFSETS, host)
+    host = host_offsets(tensor)
     starts = host[rows]
     lengths = host[rows + 1] - starts
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -278,15 +285,11 @@ def batch_on_device(data, device):
     to read them."""
     import torch
 
-    host = {key: getattr(value, HOST_OFFSETS, None) for key, value in data.items()
+    kept = {key: host_offsets(value) for key, value in data.items()  # read before the move: no wait on a device
             if isinstance(value, torch.Tensor) and value.is_nested and _packed_rows(value)}
-    for key, offsets in host.items():
-        if offsets is None and data[key].device.type == "cpu":
-            host[key] = data[key].offsets().numpy()
     moved = data.to(device)
-    for key, offsets in host.items():
-        if offsets is not None:
-            setattr(moved[key], HOST_OFFSETS, offsets)
+    for key, offsets in kept.items():
+        setattr(moved[key], HOST_OFFSETS, offsets)
     return moved
 
 
