@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -40,9 +41,11 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run the real workflow (repo Snakefile) in `workdir` with `configfile`."""
-    cmd = SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile", str(configfile),
+def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: float = 3600,
+              snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess:
+    """Run the real workflow (repo Snakefile) in `workdir` with `configfile`. The timeout only stops a hung run:
+    two pytest workers share the machine, so a run can take twice its time on an idle one."""
+    cmd = SNAKEMAKE + ["-s", str(snakefile), "--directory", str(workdir), "--configfile", str(configfile),
                        "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if check and proc.returncode != 0:
@@ -59,6 +62,22 @@ def rendered_dom(page: Path, profile_dir: Path) -> str:
                            "--disable-component-update", "--no-first-run", f"--user-data-dir={profile_dir}",
                            "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=120).stdout
+
+
+STAGE_PROCESSES = ("raylet", "gcs_server", "ray::", "vllm", "VLLM", "sft_trainer", "main_ppo")
+
+
+def stray_processes(workdir: Path) -> list[str]:
+    """Ray, vLLM and trainer processes still alive that were started for runs in `workdir`: each runs there (the
+    stage's directory, inherited by every process below it; Ray's and vLLM's workers rename themselves, which
+    overwrites their environment but not their working directory). Another test's run may be live at the same
+    time (scripts/test.sh runs two pytest workers), so only this workdir's count."""
+    left, workdir = [], workdir.resolve()
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        line, cwd = " ".join(proc.info["cmdline"] or []), proc.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(workdir) and any(name in line for name in STAGE_PROCESSES):
+            left.append(f"{proc.info['pid']} {line}")
+    return left
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -89,3 +108,15 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     base_model.main(["--params", '{"model": {"source": "tiny", "tiny": %s}, "seed": 0}' % __import__("json").dumps(shape),
                      "--raw-dir", str(root / "raw"), "--out-dir", str(root / "model")])
     return root / "model"
+
+
+# The modules whose runs take longest, longest first (the 25 slowest tests' durations, scripts/test.sh). With two
+# pytest workers each module goes to one worker whole (--dist loadfile: a module's runs are its fixtures) and the
+# next module to the first worker free, so starting with the long ones keeps either worker from finishing alone.
+LONGEST_FIRST = ("test_experiments.py", "test_slurm.py", "test_learning.py", "test_pipeline.py", "test_resume.py",
+                 "test_determinism.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order is kept

@@ -19,7 +19,17 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO, SNAKEMAKE, default_config, light_ppo, planned_jobs, rendered_dom, snakemake, write_config
+from conftest import (
+    REPO,
+    SNAKEMAKE,
+    default_config,
+    light_ppo,
+    planned_jobs,
+    rendered_dom,
+    snakemake,
+    stray_processes,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +44,6 @@ def small_config(run_name: str = "e2e") -> dict:
     light_ppo(config)["ppo"].update(enabled=True, total_training_steps=2, save_freq=1)
     config["evaluate"].update(n_samples=16, batch_size=16)
     return config
-
-
-def stray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if any(name in line for name in ("raylet", "gcs_server", "ray::", "vllm", "sft_trainer", "main_ppo"))
-            and "ps -eo" not in line]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +135,7 @@ def test_eval_has_all_three_models(finished_run):
 
 
 def test_no_ray_or_vllm_process_survives(finished_run):
-    assert stray_processes() == []
+    assert stray_processes(finished_run["workdir"]) == []
 
 
 def test_second_run_is_a_noop(finished_run):
@@ -159,18 +163,19 @@ def test_changed_eval_setting_reruns_only_evaluate(finished_run):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-def test_changed_stage_code_reruns_that_stage_and_after(finished_run):
+def test_changed_stage_code_reruns_that_stage_and_after(finished_run, tmp_path):
     """A stage module is an input of its rule: an edit of parquet.py plans parquet and everything downstream,
-    nothing upstream. (Snakemake compares content, so the edit is real; the file is restored afterwards.)"""
-    module = REPO / "src" / "llm_bridge" / "parquet.py"
-    original, stat = module.read_bytes(), module.stat()
-    try:
-        module.write_bytes(original + b"\n# an edit\n")
-        proc = snakemake(finished_run["workdir"], finished_run["configfile"], "all", "--dry-run")
-    finally:
-        module.write_bytes(original)
-        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    nothing upstream. The edit is made in a copy of the workflow (files keep their times), never in the checkout
+    that other tests' runs read at the same time; the copy's modules sit at other paths, so only the mtime
+    trigger (a newer input) is asked."""
+    for name in ("Snakefile", "rules", "src", "config", "report"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(REPO / name, tmp_path / name)
+    module = tmp_path / "src" / "llm_bridge" / "parquet.py"
+    module.write_bytes(module.read_bytes() + b"\n# an edit\n")
+    proc = snakemake(finished_run["workdir"], finished_run["configfile"], "all", "--dry-run", "--rerun-triggers", "mtime",
+                     snakefile=tmp_path / "Snakefile")
     assert set(planned_jobs(proc)) - {"evaluate", "plots", "all"} == {"parquet", "sft", "sft_model", "ppo", "merged_model"}
+
 
 def test_status_shows_a_changed_value_as_stale_with_the_reason(finished_run):
     """`llm-bridge status` on the finished run against a config with another SFT learning rate: sft is stale

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SNAKEMAKE, default_config, light_ppo, snakemake, write_config
+from conftest import REPO, SNAKEMAKE, default_config, light_ppo, snakemake, stray_processes, write_config
 from llm_bridge import metrics
 
 pytestmark = pytest.mark.e2e
@@ -116,9 +116,7 @@ def test_ppo_resumes_after_kill(prepared):
     killed_at = kill_after_checkpoint(start(workdir, configfile, "ppo"), run / "ppo" / "checkpoints", signal.SIGKILL)
     rerun(workdir, configfile, "ppo", signal.SIGKILL)
     assert_resumed(run, "ppo", killed_at, expected_final=6)
-    from test_pipeline import stray_processes
-
-    assert stray_processes() == []
+    assert stray_processes(workdir) == []
 
 
 def test_merge_killed_mid_write_leaves_nothing_that_looks_finished(prepared, tmp_path):
