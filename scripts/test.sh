@@ -20,10 +20,9 @@ fi
 bash scripts/setup.sh
 . .venv/bin/activate
 set +e
-# Two workers (pytest-xdist), a module whole on one (its runs are module fixtures): the end-to-end modules leave
-# one of two cores idle about half the time (imports, process start-ups), and CI gives the suite 90 minutes.
-# The 25 slowest tests are printed, to keep it inside that window. `-n 0` runs everything in this process.
-python -m pytest -ra --durations=25 -n 2 --dist loadfile "$@"
+# Two pytest workers (pyproject.toml's addopts). The 25 slowest tests are printed, to keep the suite inside CI's
+# 90-minute window.
+python -m pytest -ra --durations=25 "$@"
 rc=$?
 set -e
 if [ $rc = 5 ]; then

@@ -18,7 +18,6 @@ import time
 import psutil
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import (
     REPO,
     SNAKEMAKE,
