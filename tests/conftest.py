@@ -110,10 +110,10 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     return root / "model"
 
 
-# The modules whose runs take longest, longest first (the 25 slowest tests' durations, scripts/test.sh). With two
-# pytest workers each module goes to one worker whole (--dist loadfile: a module's runs are its fixtures) and the
-# next module to the first worker free, so starting with the long ones keeps either worker from finishing alone.
-# test_learning runs the whole embedded default (about 23 minutes on a 2-core AMD Zen 3 without bfloat16).
+# The modules whose runs take longest, longest first. With two pytest workers each module goes to one worker
+# whole (a module's runs are its fixtures) and the next module to the first worker that needs one, so starting
+# with the long ones keeps either worker from finishing alone. test_learning runs the whole embedded default
+# (about 23 minutes on an idle 2-core AMD Zen 3, which lacks bfloat16 instructions; 40-45 beside another worker).
 LONGEST_FIRST = ("test_learning.py", "test_slurm.py", "test_experiments.py", "test_resume.py", "test_pipeline.py",
                  "test_determinism.py")
 
@@ -121,3 +121,21 @@ LONGEST_FIRST = ("test_learning.py", "test_slurm.py", "test_experiments.py", "te
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order is kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's per-file scheduler, but a worker gets its next module only when it is on its last test (a worker
+    runs a test once it knows the one after it). xdist's own hands one over as soon as two tests are left: the
+    2-test test_learning then took test_experiments into its 45 minutes while the other worker ran out of work."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class OnLastTest(LoadFileScheduling):
+        def _reschedule(self, node):
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+            elif self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    return OnLastTest(config, log)
