@@ -71,7 +71,7 @@ def stray_processes(workdir: Path) -> list[str]:
     """Ray, vLLM and trainer processes still alive that were started for runs in `workdir`: each runs there (the
     stage's directory, inherited by every process below it; Ray's and vLLM's workers rename themselves, which
     overwrites their environment but not their working directory). Another test's run may be live at the same
-    time (scripts/test.sh runs two pytest workers), so only this workdir's count."""
+    time (pytest runs two workers: pyproject.toml's addopts), so only this workdir's count."""
     left, workdir = [], workdir.resolve()
     for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
         line, cwd = " ".join(proc.info["cmdline"] or []), proc.info["cwd"]
