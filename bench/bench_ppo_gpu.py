@@ -118,10 +118,6 @@ ROWS = {
     # limit (76 of 79.6 GiB reserved), the first backward of an update waited 130 ms on the allocator (2026-12-06)
     # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07)
     "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
-    # each update's whole batch moved to the GPU once, before verl's splits (llm_bridge.verl_fixes): verl moves each
-    # micro batch as its forward starts, 13 blocking copies a micro batch that drain the GPU (the H100's updates,
-    # 2026-12-07: 54-58 ms of the 324-331 ms the GPU was idle in each)
-    "tuned-update-on-device": ({}, [], {"LLM_BRIDGE_UPDATE_ON_DEVICE": "1"}),
 }
 # the compiled 24k row with the classic allocator: both rows' changes together
 ROWS["tuned-compile-24k-classic-allocator"] = (ROWS["tuned-compile-24k"][0], ROWS["tuned-compile-24k"][1],

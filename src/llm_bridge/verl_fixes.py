@@ -276,51 +276,6 @@ def take_rows(tensor, rows):
     return result
 
 
-UPDATE_ON_DEVICE = "LLM_BRIDGE_UPDATE_ON_DEVICE"  # "1": an update's batch goes to the GPU once (off by default)
-
-
-def batch_on_device(data, device):
-    """`data` (a TensorDict) with its tensors on `device`, moved in one pass; each packed nested field keeps its
-    offsets as a host array (HOST_OFFSETS) so that the splits after the move (take_rows) never wait on the device
-    to read them."""
-    import torch
-
-    kept = {key: host_offsets(value) for key, value in data.items()  # read before the move: no wait on a device
-            if isinstance(value, torch.Tensor) and value.is_nested and _packed_rows(value)}
-    moved = data.to(device)
-    for key, offsets in kept.items():
-        setattr(moved[key], HOST_OFFSETS, offsets)
-    return moved
-
-
-def _update_batch_on_device(tensordict_utils) -> None:
-    """With LLM_BRIDGE_UPDATE_ON_DEVICE=1 (a benchmark row; not measured yet), a training worker's update (actor and
-    critic: TrainingWorker.train_mini_batch, the only caller of make_iterator) moves its whole batch to the GPU
-    before verl splits it into mini and micro batches. verl 0.9.1 splits on the host and moves each micro batch as
-    its forward starts (FSDPEngineWithLMHead.forward_step), and moving a nested field copies its offsets with a
-    blocking copy: 13 synchronisations a micro batch (104 in the actor's update on an H100, two micro batches a
-    mini batch), so the GPU drains before every micro batch and waits while the host copies (2026-12-07: the
-    nested tensors' `.to`, 54-58 ms of the 324-331 ms the GPU was idle in each update). Moved once, the splits are
-    slices on the GPU, launched without waiting, and each micro batch's `.to(device)` finds it there."""
-    if os.environ.get(UPDATE_ON_DEVICE) != "1":
-        return
-    original = tensordict_utils.make_iterator
-    if getattr(original, "moves_batch_once", False):
-        return
-
-    @functools.wraps(original)
-    def make_iterator(tensordict, *args, **kwargs):
-        import torch
-        from verl.utils.device import get_device_id
-
-        if torch.cuda.is_available():
-            tensordict = batch_on_device(tensordict, get_device_id())
-        return original(tensordict, *args, **kwargs)
-
-    make_iterator.moves_batch_once = True
-    tensordict_utils.make_iterator = make_iterator
-
-
 def fields_workers_read(batch) -> list[str]:
     """The TransferQueue fields of `batch` (a KVBatchMeta) that a training worker reads: all but the per-sample
     objects (TransferQueue's field schema says which are not tensors), except OBJECTS_WORKERS_READ."""
@@ -532,7 +487,6 @@ when_imported("verl.workers.rollout.router", _one_server_needs_no_balancer)
 # the mini-batch split (called as tu.make_iterator) and the micro-batch split (a name imported into the engine)
 when_imported("verl.utils.tensordict_utils", lambda tu: _sample_objects_stay_behind(tu, "make_iterator"))
 when_imported("verl.utils.tensordict_utils", _rows_selected_at_once)
-when_imported("verl.utils.tensordict_utils", _update_batch_on_device)
 when_imported("verl.workers.engine.fsdp.transformer_impl",
               lambda engine: _sample_objects_stay_behind(engine, "prepare_micro_batches"))
 when_imported("verl.workers.engine.fsdp.transformer_impl", _decoder_layers_compiled)
