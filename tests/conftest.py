@@ -37,10 +37,11 @@ def light_ppo(config: dict) -> dict:
 
 
 def light_sft(config: dict) -> dict:
-    """SFT in float32 for the plumbing tests: on a CPU without bfloat16 instructions (CI's AMD Zen 3) verl's bfloat16
-    training multiplies in torch's reference loop, and the small config's SFT stage takes 97 s against 46 s in
-    float32, with the same loss curve (docs/benchmarks.md, "The test suite against CI's window"). Same code path,
-    through `sft.overrides` as a user would write it; tests/test_learning.py keeps the default's bfloat16."""
+    """SFT in float32 for the plumbing tests, through `sft.overrides` as a user would write it; tests/test_learning.py
+    keeps the default's bfloat16. Added when bfloat16 on a CPU without bfloat16 instructions (CI's AMD Zen 3) ran in
+    torch's reference loop (the small config's SFT stage 97 s against 46 s); since llm_bridge.cpu_support sends
+    those products through float32 the bfloat16 stage takes 44 s, so this may go once a full run shows it
+    (docs/benchmarks.md, "The test suite against CI's window")."""
     config["sft"]["overrides"] = [*config["sft"]["overrides"], "+engine.mixed_precision.param_dtype=fp32"]
     return config
 

@@ -193,6 +193,11 @@ def _patch_reference_offload() -> None:
 
 
 # --- 5. bfloat16 matrix products on a CPU without bfloat16 instructions ------------------------------------
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX), so torch's own bfloat16 path is fast."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def _bf16_linear_through_fp32() -> None:
     """On a CPU without AVX512-BF16 or AMX (an AMD Zen 3: CI's machine), torch multiplies bfloat16 matrices in its
     reference loop: a 2048x256 by 256x1024 linear layer, forward and backward, took 2.7 s against 25 ms as a
@@ -200,7 +205,7 @@ def _bf16_linear_through_fp32() -> None:
     result to bfloat16, so the rounded float32 product is the same computation in another summation order, as on
     a CPU with the instructions. Every projection and the LM head go through F.linear; graphs being compiled
     (vLLM's) keep torch's own."""
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+    if cpu_multiplies_bf16():
         return
     import torch.nn.functional as F
 
