@@ -4,6 +4,7 @@ error, no vocabulary). It isolates what `tuned-compile` (llm_bridge.verl_fixes) 
 
   eager    transformers' own kernels (what the critic runs in the tuned preset)
   liger    Liger's RMSNorm, RoPE and SwiGLU kernels (the actor in the tuned preset)
+  liger-triton  the same with the log-probs in Triton kernels, no fp32 logits (LLM_BRIDGE_FAST_LOGPROBS=triton)
   compile  each decoder layer under torch.compile, whole (the packed row's boundaries handed down from before
            the layers: llm_bridge.gpu_support.boundaries_as_kwargs), and the log-probs compiled (LLM_BRIDGE_COMPILE=1)
 
@@ -80,7 +81,7 @@ def build(mode: str, shape: dict, device: str, fsdp: bool, critic: bool = False)
         model = (LlamaForTokenClassification if critic else LlamaForCausalLM)(config)
     if not fsdp and device == "cuda":
         model = model.to(torch.bfloat16)
-    if mode == "liger":  # before wrapping, as verl applies it
+    if mode.startswith("liger"):  # before wrapping, as verl applies it
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
 
         _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
@@ -94,10 +95,10 @@ def build(mode: str, shape: dict, device: str, fsdp: bool, critic: bool = False)
 
 def measure(mode: str, shape: dict, device: str, fsdp: bool, tokens: int, warmup: int, steps: int, low: int,
             high: int, critic: bool = False) -> dict:
-    from llm_bridge.gpu_support import logprobs_function
+    from llm_bridge.logprobs import logprobs_function
 
     model = build(mode, shape, device, fsdp, critic)
-    logprobs = logprobs_function(compiled=mode == "compile")
+    logprobs = logprobs_function("compiled" if mode == "compile" else "triton" if mode.endswith("-triton") else "eager")
     generator = torch.Generator().manual_seed(1)
     times, counted, squared = [], 0, 0
     started = time.perf_counter()

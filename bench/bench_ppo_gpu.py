@@ -107,22 +107,24 @@ ROWS = {
     # (llm_bridge.gpu_support): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no Liger), and the
     # host launches a few kernels a layer instead of dozens (the H100's actor update: GPU idle 28 % of the time, 1,024
     # gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 -> 2.51 s, each layer then
-    # split in five graphs (fixed since)
+    # split in five graphs (fixed since). Slower on every H100 since, also at a 24k-token actor budget (1.90 -> 2.20 s;
+    # with the classic allocator 1.80-1.85 -> 2.06-2.46 s, 2026-12-07): left for the H200's full budgets
     "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE": "1"}),
-    # compiled log-probs keep the bf16 logits for backward, not two fp32 copies (~8 bytes a token and word less):
-    # on an 80-GB H100 a 24k-token actor budget may then fit, one micro batch a mini batch as on the H200
-    "tuned-compile-24k": ({}, ["actor_rollout_ref.model.use_liger=False",
-                               "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"], {"LLM_BRIDGE_COMPILE": "1"}),
     # PyTorch's classic caching allocator instead of the preset's expandable segments (CUDA virtual memory mapped
     # as a segment grows): verl empties the cache each step for vLLM's wake, and on the 80-GB H100, near the card's
     # limit (76 of 79.6 GiB reserved), the first backward of an update waited 130 ms on the allocator (2026-12-06)
-    # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07)
+    # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07). Side by side on an H100 (2026-12-07):
+    # actor update 1.80 against 1.85 s, critic 1.28 against 1.29 s, within the host's drift between runs
     "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
+    # the actor's and reference's log-probs in two Triton kernels that read the bf16 logits once a pass
+    # (llm_bridge.logprob_kernel) instead of fp32 copies through torch's log-softmax: 115 ms of log-softmax kernels
+    # and about as much in casts of the H100's actor update of 1.44 s of GPU time (2026-12-07)
+    "tuned-triton-logprobs": ({}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "triton"}),
+    # ... and without the fp32 logits (about 8 GB a 16k-token micro batch) a 24k-token actor budget may fit an H100
+    # without the allocator waits the compiled 24k row met: one micro batch a mini batch, as on the H200
+    "tuned-triton-logprobs-24k": ({}, ["actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"],
+                                  {"LLM_BRIDGE_FAST_LOGPROBS": "triton"}),
 }
-# the compiled 24k row with the classic allocator: both rows' changes together
-ROWS["tuned-compile-24k-classic-allocator"] = (ROWS["tuned-compile-24k"][0], ROWS["tuned-compile-24k"][1],
-                                               {**ROWS["tuned-compile-24k"][2], **ROWS["tuned-classic-allocator"][2]})
-
 # `--fit NAME`: what another GPU needs for the tuned rows, by name. An 80-GB H100: half the h200x1 preset's token
 # budgets (the actor 16k: two micro batches a mini batch)
 FITS = {"h100": ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384",

@@ -523,6 +523,37 @@ print("same")
     assert run_with_verl_fixes(check).split()[-1] == "False"
 
 
+def test_triton_logprobs_replace_verls_loop_with_the_fp32_routes_numbers():
+    """LLM_BRIDGE_FAST_LOGPROBS=triton puts llm_bridge.logprob_kernel where verl falls back to its per-row loop, and
+    its kernels (run by Triton's interpreter on CPU) give the vectorised fp32 route's log-probs and gradients: fp32
+    logits to float rounding, bf16 ones to bf16's (their gradient is written in bf16 directly); a vocabulary that is
+    not a whole number of blocks, and an ignored label (-100) giving 0 and no gradient, as cross_entropy does."""
+    script = """
+import torch
+from llm_bridge import gpu_support, logprob_kernel
+import verl.utils.torch_functional as tf
+assert tf.logprobs_from_logits_v2 is logprob_kernel.logprobs
+torch.manual_seed(0)
+vocab = logprob_kernel.BLOCK + 904
+for dtype, tol in ((torch.float32, dict(rtol=1e-5, atol=1e-6)), (torch.bfloat16, {})):
+    logits = (torch.randn(2, 6, vocab) * 3).to(dtype).requires_grad_()
+    labels = torch.randint(0, vocab, (2, 6))
+    labels[1, 2] = -100
+    weights = torch.randn(2, 6)  # a weight a token, as PPO's loss gives
+    results = []
+    for fn in (tf.logprobs_from_logits_v2, gpu_support.logprobs_vectorised):
+        out = fn(logits, labels)
+        results.append((out, torch.autograd.grad((out * weights).sum(), logits)[0]))
+    (got, grad_got), (want, grad_want) = results
+    assert got.dtype == torch.float32 and grad_got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_got, grad_want, **tol)
+    assert got[1, 2] == 0 and not grad_got[1, 2].any()
+print("same")
+"""
+    assert run_with_verl_fixes(script, LLM_BRIDGE_FAST_LOGPROBS="triton", TRITON_INTERPRET="1").split()[-1] == "same"
+
+
 def test_training_workers_fetch_no_per_sample_objects():
     """Before any split the objects travel: verl 0.9.1's trainer hands a training-worker call the batch's
     TransferQueue keys with no field list, and the worker fetches every field, the objects pickled with the
@@ -672,7 +703,7 @@ def test_every_ppo_bench_row_is_accepted_by_verls_own_config(tmp_path):
             assert not actor.use_dynamic_bsz and actor.ppo_micro_batch_size_per_gpu == 8
         else:
             assert actor.use_dynamic_bsz and actor.ppo_max_token_len_per_gpu == (
-                24576 if name.startswith("tuned-compile-24k") else 16384), name
+                24576 if name.endswith("-24k") else 16384), name
 
 
 def test_a_bench_row_run_again_reads_only_its_own_logs(tmp_path):

@@ -8,7 +8,8 @@ fix here (measured on 1 x H200, docs/benchmarks.md):
 1. Log-probs: the main cause. Without flash-attn's Triton cross-entropy, verl.utils.torch_functional.
    logprobs_from_logits falls back to `logprobs_from_logits_v2`, a Python loop over rows: one log_softmax +
    gather per token, forward and backward (0.65 s for 4096 tokens, against 7.5 ms vectorised). With
-   LLM_BRIDGE_FAST_LOGPROBS=1 that fallback becomes one vectorised cross-entropy. (verl's own
+   LLM_BRIDGE_FAST_LOGPROBS=1 that fallback becomes one vectorised cross-entropy, with =triton two Triton
+   kernels without its fp32 copies of the logits (llm_bridge.logprobs). (verl's own
    `model.use_fused_kernels=True` also avoids the loop, but measured 20 % slower per step.)
 2. Packed attention. verl's padding-free path (model.use_remove_padding) packs a micro batch into one row and
    expects flash-attn's varlen kernel. With SDPA, transformers turns the packed row into a dense T x T
@@ -32,6 +33,7 @@ import os
 import torch
 
 from llm_bridge.import_hooks import when_imported
+from llm_bridge.logprobs import logprobs_function, logprobs_vectorised  # noqa: F401 (the tests' reference)
 
 ATTN_NAME = "varlen"
 _state = {"repeat_kv": False}
@@ -113,20 +115,6 @@ def compile_decoder_layers(model) -> int:
     return len(layers)
 
 
-def logprobs_vectorised(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label) for every row at once (fp32 softmax inside cross_entropy), instead of verl's per-row loop."""
-    flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                             reduction="none")
-    return -flat.view(labels.shape)
-
-
-def logprobs_function(compiled: bool):
-    """logprobs_vectorised, or the same under torch.compile: the fp32 upcast, log-softmax and gather fused, forward
-    and backward (117 ms of kernels and two fp32 copies of the logits in eager, the H100's actor update of
-    2026-12-06)."""
-    return torch.compile(logprobs_vectorised, dynamic=True) if compiled else logprobs_vectorised
-
-
 # Liger's Triton kernels that take a packed micro batch's row or token count (module: kernel: arguments, Liger 0.8.5).
 # Triton compiles an int argument apart for values that divide by 16 and values that do not, so the first micro
 # batch whose count changes class compiles the kernel again in the middle of an update: 0.80 s in the RMSNorm
@@ -158,10 +146,12 @@ def install() -> None:
         when_imported(module, functools.partial(compiled_once_for_all_counts, kernels=kernels))
     AttentionInterface.register(ATTN_NAME, varlen_attention_forward)
     AttentionMaskInterface.register(ATTN_NAME, flash_attention_mask)  # no dense mask: None unless padded
-    if os.environ.get("LLM_BRIDGE_FAST_LOGPROBS") == "1":
+    fast_logprobs = os.environ.get("LLM_BRIDGE_FAST_LOGPROBS", "0")
+    if fast_logprobs in ("1", "triton"):
         import verl.utils.torch_functional as tf
 
-        tf.logprobs_from_logits_v2 = logprobs_function(compiled=os.environ.get(COMPILE) == "1")
+        tf.logprobs_from_logits_v2 = logprobs_function(
+            "triton" if fast_logprobs == "triton" else "compiled" if os.environ.get(COMPILE) == "1" else "eager")
 
 
 install()
