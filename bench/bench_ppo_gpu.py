@@ -117,8 +117,8 @@ ROWS = {
     # actor update 1.80 against 1.85 s, critic 1.28 against 1.29 s, within the host's drift between runs
     "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
     # the actor's and reference's log-probs in two Triton kernels that read the bf16 logits once a pass
-    # (llm_bridge.logprob_kernel) instead of fp32 copies through torch's log-softmax: 115 ms of log-softmax kernels
-    # and about as much in casts of the H100's actor update of 1.44 s of GPU time (2026-12-07)
+    # (llm_bridge.logprob_kernel) instead of fp32 copies through torch's log-softmax: 115 ms of log-softmax kernels,
+    # plus casts among 149 ms of copies, in the H100's actor update of 1.44 s of GPU time (2026-12-07)
     "tuned-triton-logprobs": ({}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "triton"}),
     # ... and without the fp32 logits (about 8 GB a 16k-token micro batch) a 24k-token actor budget may fit an H100
     # without the allocator waits the compiled 24k row met: one micro batch a mini batch, as on the H200

@@ -19,6 +19,8 @@
 #                        PPO_FIT="OVERRIDE ..." verl overrides for every row but the seed's, or a named set of
 #                        them (PPO_FIT=h100: smaller budgets; bench_ppo_gpu.FITS)
 #   bench-layers[=MODES] bench/bench_layers.py --fsdp: the actor's micro step alone in MODES (default compile,liger)
+#   bench-logprobs       bench/bench_logprobs.py: the log-probs alone in each form (torch and Triton only: runs on
+#                        the bare machine, so beside the first payload chunk's `receive`)
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
 #   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
 #                        PPO_MODEL=DIR the model, as for bench-ppo)
@@ -175,6 +177,10 @@ EOF
       timeout $(( $(left) - 20 )) python3 bench/bench_layers.py --fsdp --modes "${modes:-compile,liger}" \
         --out "$OUT/layers.json" > "$LOGS/layers.log" 2>&1; echo "bench-layers exit $?" | tee -a "$OUT/info.txt"
       grep -E "^\[|^mode|\+fsdp" "$LOGS/layers.log" | tail -30 | tee -a "$OUT/info.txt" ;;
+    bench-logprobs)
+      timeout $(( $(left) - 20 )) python3 bench/bench_logprobs.py --out "$OUT/logprobs.json" > "$LOGS/logprobs.log" 2>&1
+      echo "bench-logprobs exit $?" | tee -a "$OUT/info.txt"
+      sed -n '/^kind/,$p' "$LOGS/logprobs.log" | tee -a "$OUT/info.txt" ;;
     check-rollout)
       python3 scripts/gpu/check_rollout.py --model "${PPO_MODEL:-$WORK/sft/model}" --prompts "$WORK/parquet/train.parquet" \
         --out "$OUT/check_rollout.json" > "$LOGS/check_rollout.log" 2>&1; echo "check-rollout exit $?" | tee -a "$OUT/info.txt"

@@ -2,8 +2,8 @@
 
 The vectorised log-probs (llm_bridge.gpu_support.logprobs_vectorised) upcast the bf16 logits to fp32 and run
 torch's log-softmax, so a 16k-token micro batch of a 128k vocabulary writes and reads several 8-GB fp32 copies,
-forward and backward: 115 ms of log-softmax kernels plus the casts in the H100's actor update of 1.44 s of GPU time
-(2026-12-07). Here the forward reads each row once (an online log-sum-exp in fp32 registers) and keeps only the
+forward and backward: 115 ms of log-softmax kernels, plus the casts, in the H100's actor update of 1.44 s of GPU
+time (2026-12-07). Here the forward reads each row once (an online log-sum-exp in fp32 registers) and keeps only the
 row's log-sum-exp; the backward reads the row again and writes its gradient, 1[label] - softmax, in the logits'
 dtype. The same arithmetic as the fp32 route (bf16 values are exact in fp32), without the copies; flash-attn's
 Triton cross-entropy, which verl uses where flash-attn is installed, does the same. On: LLM_BRIDGE_FAST_LOGPROBS=triton.
