@@ -11,31 +11,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from gpu_workers import cuda_median_s  # beside this file
+
 from llm_bridge.logprobs import KINDS, logprobs_function
 
 VOCAB = 128256
-
-
-def timed_ms(fn, repeats: int) -> float:
-    """Median wall of `fn` in ms between CUDA events, after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def measure(kind: str, tokens: int, repeats: int) -> dict:
@@ -60,7 +46,7 @@ def measure(kind: str, tokens: int, repeats: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     forward_backward()
     extra_gib = (torch.cuda.max_memory_allocated() - base) / 2**30
-    both_ms, fwd_ms = timed_ms(forward_backward, repeats), timed_ms(forward_only, repeats)
+    both_ms, fwd_ms = (cuda_median_s(fn, warmup=2, repeats=repeats) * 1e3 for fn in (forward_backward, forward_only))
 
     rows = slice(0, 512)  # the error on a slice against float64
     sample = logits.detach()[rows].double().requires_grad_()

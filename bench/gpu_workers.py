@@ -33,6 +33,22 @@ def sync() -> None:  # a no-op on CPU, where the harness itself is tested
         torch.cuda.synchronize()
 
 
+def cuda_median_s(fn, warmup: int, repeats: int) -> float:
+    """Median wall of `fn` in seconds between CUDA events (the GPU's own clock), after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
+
+
 def ceiling(model_dir: Path, compiled: bool, batch: int, seq: int, steps: int) -> None:
     from transformers import AutoConfig, LlamaForCausalLM
 
@@ -51,18 +67,8 @@ def ceiling(model_dir: Path, compiled: bool, batch: int, seq: int, steps: int) -
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up (and compilation)
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    result(step_s=statistics.median(times), tokens=batch * seq, sq_tokens=batch * seq * seq, peak_gib=peak_gib())
+    step_s = cuda_median_s(step, warmup=3, repeats=steps)  # the warm-up compiles where compiled
+    result(step_s=step_s, tokens=batch * seq, sq_tokens=batch * seq * seq, peak_gib=peak_gib())
 
 
 def verl_sft(overrides: list[str], profile_step: int, out: Path | None) -> None:
