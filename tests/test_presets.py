@@ -554,6 +554,22 @@ print("same")
     assert run_with_verl_fixes(script, LLM_BRIDGE_FAST_LOGPROBS="triton", TRITON_INTERPRET="1").split()[-1] == "same"
 
 
+def test_an_unknown_logprobs_switch_is_refused_not_ignored():
+    """A misspelt LLM_BRIDGE_FAST_LOGPROBS would leave verl's per-token loop in place, 100x slower: a preset with one
+    fails the preset schema (checked when the workflow loads), and set by hand it stops gpu_support's import."""
+    import subprocess
+    import sys
+
+    schema = yaml.safe_load((REPO / "config" / "presets" / "schema.yaml").read_text())
+    preset = yaml.safe_load((REPO / "config" / "presets" / "h200x1.yaml").read_text())
+    preset["env"]["LLM_BRIDGE_FAST_LOGPROBS"] = "tirton"
+    with pytest.raises(jsonschema.ValidationError, match="tirton"):
+        jsonschema.validate(preset, schema)
+    done = subprocess.run([sys.executable, "-c", "import llm_bridge.gpu_support"], capture_output=True, text=True,
+                          env=launch.child_env() | {"LLM_BRIDGE_FAST_LOGPROBS": "tirton"}, timeout=120, check=False)
+    assert done.returncode != 0 and "LLM_BRIDGE_FAST_LOGPROBS='tirton': use 0" in done.stderr, done.stderr[-2000:]
+
+
 def test_training_workers_fetch_no_per_sample_objects():
     """Before any split the objects travel: verl 0.9.1's trainer hands a training-worker call the batch's
     TransferQueue keys with no field list, and the worker fetches every field, the objects pickled with the

@@ -147,7 +147,9 @@ def install() -> None:
     AttentionInterface.register(ATTN_NAME, varlen_attention_forward)
     AttentionMaskInterface.register(ATTN_NAME, flash_attention_mask)  # no dense mask: None unless padded
     fast_logprobs = os.environ.get("LLM_BRIDGE_FAST_LOGPROBS", "0")
-    if fast_logprobs in ("1", "triton"):
+    if fast_logprobs not in ("0", "1", "triton"):  # not silently verl's loop, 100x slower
+        raise ValueError(f"LLM_BRIDGE_FAST_LOGPROBS={fast_logprobs!r}: use 0 (verl's own), 1 (vectorised) or triton")
+    if fast_logprobs != "0":
         import verl.utils.torch_functional as tf
 
         tf.logprobs_from_logits_v2 = logprobs_function(
