@@ -46,7 +46,7 @@ def measure(kind: str, tokens: int, repeats: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     forward_backward()
     extra_gib = (torch.cuda.max_memory_allocated() - base) / 2**30
-    both_ms, fwd_ms = (cuda_median_s(fn, warmup=2, repeats=repeats) * 1e3 for fn in (forward_backward, forward_only))
+    both_ms, fwd_ms = (cuda_median_s(call, warmup=2, repeats=repeats) * 1e3 for call in (forward_backward, forward_only))
 
     rows = slice(0, 512)  # the error on a slice against float64
     sample = logits.detach()[rows].double().requires_grad_()

@@ -1,6 +1,6 @@
 """log p(label) over the vocabulary in two Triton kernels that read the logits in their own dtype.
 
-The vectorised log-probs (llm_bridge.gpu_support.logprobs_vectorised) upcast the bf16 logits to fp32 and run
+The vectorised log-probs (llm_bridge.logprobs.logprobs_vectorised) upcast the bf16 logits to fp32 and run
 torch's log-softmax, so a 16k-token micro batch of a 128k vocabulary writes and reads several 8-GB fp32 copies,
 forward and backward: 115 ms of log-softmax kernels, plus the casts, in the H100's actor update of 1.44 s of GPU
 time (2026-12-07). Here the forward reads each row once (an online log-sum-exp in fp32 registers) and keeps only the
