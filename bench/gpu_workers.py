@@ -143,6 +143,7 @@ def micro(model_dir: Path, lengths_file: Path | None) -> None:
 
     import verl.utils.torch_functional as tf
     from llm_bridge import gpu_support
+    from llm_bridge.logprobs import logprobs_vectorised
 
     config = AutoConfig.from_pretrained(model_dir)
     torch.manual_seed(0)
@@ -158,7 +159,7 @@ def micro(model_dir: Path, lengths_file: Path | None) -> None:
 
     def vectorised():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            gpu_support.logprobs_vectorised(logits, labels).sum().backward()
+            logprobs_vectorised(logits, labels).sum().backward()
 
     def fused_torch():  # verl's model.use_fused_kernels, torch backend: lm_head matmul included
         from verl.utils.experimental.torch_functional import FusedLinearForPPO
@@ -166,7 +167,7 @@ def micro(model_dir: Path, lengths_file: Path | None) -> None:
         FusedLinearForPPO(impl_backend="torch")(hidden, weight, labels)[0].sum().backward()
 
     ref = tf.logprobs_from_logits_v2(logits.detach().float()[:256], labels[:256])
-    err = (gpu_support.logprobs_vectorised(logits.detach()[:256], labels[:256]) - ref).abs().max().item()
+    err = (logprobs_vectorised(logits.detach()[:256], labels[:256]) - ref).abs().max().item()
     logprob = {"loop_s": timeit(loop, 1), "vectorised_s": timeit(vectorised), "fused_torch_s": timeit(fused_torch),
                "max_abs_diff": err, "tokens": tokens}
     del logits, hidden, weight

@@ -223,7 +223,7 @@ def test_gpu_support_registers_varlen_attention():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llm_bridge import gpu_support
+    from llm_bridge import gpu_support, logprobs
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, attn_implementation=gpu_support.ATTN_NAME)
@@ -234,7 +234,7 @@ def test_gpu_support_registers_varlen_attention():
     assert cu.tolist() == [0, 3, 5, 9] and longest == 4
     logits, labels = torch.randn(5, 64), torch.randint(0, 64, (5,))
     want = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
-    assert torch.allclose(gpu_support.logprobs_vectorised(logits, labels), want, atol=1e-5)
+    assert torch.allclose(logprobs.logprobs_vectorised(logits, labels), want, atol=1e-5)
 
 
 def test_liger_kernels_compile_once_for_every_micro_batch_size(tmp_path):
@@ -509,11 +509,12 @@ for length in (10, 13, 17):
 assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 assert graphs == [1, 2, 2], graphs  # one graph for both layers; one more when lengths vary; then no more
 import verl.utils.torch_functional as tf  # the log-probs verl falls back to, compiled
-assert tf.logprobs_from_logits_v2._torchdynamo_orig_callable is gpu_support.logprobs_vectorised
+from llm_bridge.logprobs import logprobs_vectorised
+assert tf.logprobs_from_logits_v2._torchdynamo_orig_callable is logprobs_vectorised
 for rows in (7, 11):
     logits = torch.randn(1, rows, 50, requires_grad=True)
     labels = torch.randint(0, 50, (1, rows))
-    got, want = tf.logprobs_from_logits_v2(logits, labels), gpu_support.logprobs_vectorised(logits, labels)
+    got, want = tf.logprobs_from_logits_v2(logits, labels), logprobs_vectorised(logits, labels)
     grad_got, grad_want = (torch.autograd.grad(x.sum(), logits)[0] for x in (got, want))
     assert torch.allclose(got, want, atol=1e-5) and torch.allclose(grad_got, grad_want, atol=1e-6), rows
 print("same")
@@ -530,7 +531,9 @@ def test_triton_logprobs_replace_verls_loop_with_the_fp32_routes_numbers():
     not a whole number of blocks, and an ignored label (-100) giving 0 and no gradient, as cross_entropy does."""
     script = """
 import torch
-from llm_bridge import gpu_support, logprob_kernel
+import llm_bridge.gpu_support  # installs the switch
+from llm_bridge import logprob_kernel
+from llm_bridge.logprobs import logprobs_vectorised
 import verl.utils.torch_functional as tf
 assert tf.logprobs_from_logits_v2 is logprob_kernel.logprobs
 torch.manual_seed(0)
@@ -541,7 +544,7 @@ for dtype, tol in ((torch.float32, dict(rtol=1e-5, atol=1e-6)), (torch.bfloat16,
     labels[1, 2] = -100
     weights = torch.randn(2, 6)  # a weight a token, as PPO's loss gives
     results = []
-    for fn in (tf.logprobs_from_logits_v2, gpu_support.logprobs_vectorised):
+    for fn in (tf.logprobs_from_logits_v2, logprobs_vectorised):
         out = fn(logits, labels)
         results.append((out, torch.autograd.grad((out * weights).sum(), logits)[0]))
     (got, grad_got), (want, grad_want) = results

@@ -33,7 +33,7 @@ import os
 import torch
 
 from llm_bridge.import_hooks import when_imported
-from llm_bridge.logprobs import logprobs_function, logprobs_vectorised  # noqa: F401 (the tests' reference)
+from llm_bridge.logprobs import logprobs_function
 
 ATTN_NAME = "varlen"
 _state = {"repeat_kv": False}
