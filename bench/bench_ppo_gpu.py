@@ -103,10 +103,10 @@ ROWS = {
     # 1.86-2.05 -> 1.81 s and the critic's 1.36-1.47 -> 1.30-1.34 s (the step alone 42 -> 19 ms, bench_adamw.py)
     "tuned-foreach-adam": ({}, ["actor_rollout_ref.actor.optim.override_optimizer_config={fused:false}",
                                 "critic.optim.override_optimizer_config={fused:false}"], {}),
-    # each decoder layer of actor, critic and reference, and the log-probs, under torch.compile
-    # (llm_bridge.gpu_support): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no Liger), and the
-    # host launches a few kernels a layer instead of dozens (the H100's actor update: GPU idle 28 % of the time, 1,024
-    # gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 -> 2.51 s, each layer then
+    # each decoder layer of actor, critic and reference under torch.compile (llm_bridge.gpu_support; the log-probs
+    # stay in the presets' Triton kernels): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no
+    # Liger), and the host launches a few kernels a layer instead of dozens (the H100's actor update: GPU idle 28 %
+    # of the time, 1,024 gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 -> 2.51 s, each layer then
     # split in five graphs (fixed since). Slower on every H100 since, also at a 24k-token actor budget (1.90 -> 2.20 s;
     # with the classic allocator 1.80-1.85 -> 2.06-2.46 s, 2026-12-07): left for the H200's full budgets
     "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE": "1"}),
@@ -116,14 +116,13 @@ ROWS = {
     # and the compiled 24k row 287 ms in `aten::empty_strided` (2026-12-07). Side by side on an H100 (2026-12-07):
     # actor update 1.80 against 1.85 s, critic 1.28 against 1.29 s, within the host's drift between runs
     "tuned-classic-allocator": ({}, [], {"PYTORCH_CUDA_ALLOC_CONF": ""}),
-    # the actor's and reference's log-probs in two Triton kernels that read the bf16 logits once a pass
-    # (llm_bridge.logprob_kernel) instead of fp32 copies through torch's log-softmax: 115 ms of log-softmax kernels,
-    # plus casts among 149 ms of copies, in the H100's actor update of 1.44 s of GPU time (2026-12-07)
-    "tuned-triton-logprobs": ({}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "triton"}),
-    # ... and without the fp32 logits (about 8 GB a 16k-token micro batch) a 24k-token actor budget may fit an H100
-    # without the allocator waits the compiled 24k row met: one micro batch a mini batch, as on the H200
-    "tuned-triton-logprobs-24k": ({}, ["actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"],
-                                  {"LLM_BRIDGE_FAST_LOGPROBS": "triton"}),
+    # the log-probs as the presets had them before 2026-12-08: one vectorised cross-entropy on fp32 copies of the
+    # logits instead of the presets' two Triton kernels on the bf16 logits (llm_bridge.logprob_kernel). Side by side
+    # on an H100 (2026-12-08): actor update 1.81 -> 1.67 s in the worker with the kernels (35.8 -> 38.8 % MFU)
+    "tuned-vectorised-logprobs": ({}, [], {"LLM_BRIDGE_FAST_LOGPROBS": "1"}),
+    # an H100 with `--fit h100` (a 16k actor budget) at 24k: without the fp32 logits (20 GiB less for a 16k-token
+    # micro batch) it may fit without the allocator waits the compiled 24k row met; one micro batch a mini batch
+    "tuned-24k": ({}, ["actor_rollout_ref.actor.ppo_max_token_len_per_gpu=24576"], {}),
 }
 # `--fit NAME`: what another GPU needs for the tuned rows, by name. An 80-GB H100: half the h200x1 preset's token
 # budgets (the actor 16k: two micro batches a mini batch)

@@ -8,8 +8,8 @@ fix here (measured on 1 x H200, docs/benchmarks.md):
 1. Log-probs: the main cause. Without flash-attn's Triton cross-entropy, verl.utils.torch_functional.
    logprobs_from_logits falls back to `logprobs_from_logits_v2`, a Python loop over rows: one log_softmax +
    gather per token, forward and backward (0.65 s for 4096 tokens, against 7.5 ms vectorised). With
-   LLM_BRIDGE_FAST_LOGPROBS=1 that fallback becomes one vectorised cross-entropy, with =triton two Triton
-   kernels without its fp32 copies of the logits (llm_bridge.logprobs). (verl's own
+   LLM_BRIDGE_FAST_LOGPROBS=1 that fallback becomes one vectorised cross-entropy, with =triton (the h200
+   presets') two Triton kernels without its fp32 copies of the logits (llm_bridge.logprobs). (verl's own
    `model.use_fused_kernels=True` also avoids the loop, but measured 20 % slower per step.)
 2. Packed attention. verl's padding-free path (model.use_remove_padding) packs a micro batch into one row and
    expects flash-attn's varlen kernel. With SDPA, transformers turns the packed row into a dense T x T
