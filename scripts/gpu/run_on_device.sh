@@ -19,8 +19,9 @@
 #                        PPO_FIT="OVERRIDE ..." verl overrides for every row but the seed's, or a named set of
 #                        them (PPO_FIT=h100: smaller budgets; bench_ppo_gpu.FITS)
 #   bench-layers[=MODES] bench/bench_layers.py --fsdp: the actor's micro step alone in MODES (default compile,liger)
-#   bench-logprobs       bench/bench_logprobs.py: the log-probs alone in each form (torch and Triton only: runs on
-#                        the bare machine, so beside the first payload chunk's `receive`)
+#   bench-logprobs       bench/bench_logprobs.py: the log-probs alone in each form, after the payload's install (any
+#                        task waits for the whole payload; on the bare machine, beside the first chunk, call the
+#                        script itself: `receive && python3 bench/bench_logprobs.py`, docs/gpu.md)
 #   chain-post           `merged_model` -> `evaluate` (base / SFT / PPO rows) on the KEEP row's checkpoint
 #   check-rollout        scripts/gpu/check_rollout.py: vLLM alone on the PPO rollout (time, log-prob agreement;
 #                        PPO_MODEL=DIR the model, as for bench-ppo)
