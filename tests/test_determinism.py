@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import default_config, snakemake, write_config
+from conftest import default_config, light_sft, snakemake, write_config
 from llm_bridge.provenance import sha256_path
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +19,7 @@ def test_two_runs_are_identical(tmp_path):
     config = default_config()
     config["run_name"] = "det"
     config["data"]["synthetic"].update(n_train=256, n_test=16)  # the SFT answer styles' draw is checked too
-    config["sft"].update(total_epochs=1, save_freq=-1)
+    light_sft(config)["sft"].update(total_epochs=1, save_freq=-1)
     runs = []
     for name in ("a", "b"):
         workdir = tmp_path / name

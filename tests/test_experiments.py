@@ -19,6 +19,7 @@ from conftest import (
     REPO,
     default_config,
     light_ppo,
+    light_sft,
     planned_jobs,
     rendered_dom,
     snakemake,
@@ -33,7 +34,7 @@ VARIANTS = [f"lr0.003_kl_coef{kl}" for kl in ("0.001", "0.01")]
 def sweep_config() -> dict:
     config = default_config()
     config["data"]["synthetic"] = {"n_train": 320, "n_test": 40}
-    config["sft"].update(total_epochs=1, save_freq=5)  # 10 steps
+    light_sft(config)["sft"].update(total_epochs=1, save_freq=5)  # 10 steps
     light_ppo(config)["ppo"].update(total_training_steps=1, save_freq=1)
     config["evaluate"].update(n_samples=16, batch_size=16)
     return config

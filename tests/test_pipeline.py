@@ -23,6 +23,7 @@ from conftest import (
     SNAKEMAKE,
     default_config,
     light_ppo,
+    light_sft,
     planned_jobs,
     rendered_dom,
     snakemake,
@@ -39,7 +40,7 @@ def small_config(run_name: str = "e2e") -> dict:
     config = default_config()
     config["run_name"] = run_name
     config["data"]["synthetic"] = {"n_train": 320, "n_test": 40}
-    config["sft"].update(total_epochs=2, save_freq=5)
+    light_sft(config)["sft"].update(total_epochs=2, save_freq=5)
     light_ppo(config)["ppo"].update(enabled=True, total_training_steps=2, save_freq=1)
     config["evaluate"].update(n_samples=16, batch_size=16)
     return config

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SNAKEMAKE, default_config, light_ppo, snakemake, stray_processes, write_config
+from conftest import REPO, SNAKEMAKE, default_config, light_ppo, light_sft, snakemake, stray_processes, write_config
 from llm_bridge import metrics
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def resume_config() -> dict:
     config["run_name"] = "resume"
     config["data"]["synthetic"] = {"n_train": 640, "n_test": 32}
     # 20 steps an epoch, 2 epochs, a checkpoint every 10 steps: one mid-epoch (10), one at the epoch's end (20)
-    config["sft"].update(total_epochs=2, save_freq=10, train_batch_size=32, micro_batch_size_per_gpu=32)
+    light_sft(config)["sft"].update(total_epochs=2, save_freq=10, train_batch_size=32, micro_batch_size_per_gpu=32)
     light_ppo(config)["ppo"].update(enabled=True, total_training_steps=6, save_freq=1)
     return config
 

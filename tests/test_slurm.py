@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SNAKEMAKE, default_config, light_ppo, write_config
+from conftest import REPO, SNAKEMAKE, default_config, light_ppo, light_sft, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
@@ -57,7 +57,7 @@ def small_config(run_name: str = "e2e", preset: str = "cpu") -> dict:
     config = default_config()
     config["run_name"], config["preset"] = run_name, preset
     config["data"]["synthetic"] = {"n_train": 320, "n_test": 40}
-    config["sft"].update(total_epochs=2, save_freq=5)
+    light_sft(config)["sft"].update(total_epochs=2, save_freq=5)
     light_ppo(config)["ppo"].update(enabled=True, total_training_steps=2, save_freq=1)
     config["evaluate"].update(n_samples=16, batch_size=16)
     return config
