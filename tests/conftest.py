@@ -39,9 +39,10 @@ def light_ppo(config: dict) -> dict:
 def light_sft(config: dict) -> dict:
     """SFT in float32 for the plumbing tests, through `sft.overrides` as a user would write it; tests/test_learning.py
     keeps the default's bfloat16. Added when bfloat16 on a CPU without bfloat16 instructions (CI's AMD Zen 3) ran in
-    torch's reference loop (the small config's SFT stage 97 s against 46 s); since llm_bridge.cpu_support sends
-    those products through float32 the bfloat16 stage takes 44 s, so this may go once a full run shows it
-    (docs/benchmarks.md, "The test suite against CI's window")."""
+    torch's reference loop (the small config's SFT stage 97 s against 46 s). llm_bridge.cpu_support now sends
+    those products through float32, yet a full .ci/run without this was still 227 s slower (3,304 against 3,077 s;
+    the SLURM module's two chains 1,403 against 1,058 s): it stays (docs/benchmarks.md, "The test suite against
+    CI's window")."""
     config["sft"]["overrides"] = [*config["sft"]["overrides"], "+engine.mixed_precision.param_dtype=fp32"]
     return config
 
