@@ -33,7 +33,7 @@ BENCH = ["trainer.logger=[console]", "trainer.save_freq=-1", "trainer.resume_mod
 VARIANTS = {
     "seed-fused": ("h100x8", ["model.use_remove_padding=False", "model.use_fused_kernels=True",
                               "model.fused_kernel_options.impl_backend=torch"], {}),
-    # the tuned preset with verl's own knob for the log-probs instead of the vectorised patch
+    # the tuned preset with verl's own knob for the log-probs instead of llm_bridge's (LLM_BRIDGE_FAST_LOGPROBS)
     "tuned-fused": ("h200x1", ["model.use_fused_kernels=True", "model.fused_kernel_options.impl_backend=torch"],
                     {"LLM_BRIDGE_FAST_LOGPROBS": "0"}),
     "tuned-fused-triton": ("h200x1", ["model.use_fused_kernels=True", "model.fused_kernel_options.impl_backend=triton"],

@@ -1,5 +1,6 @@
 """The actor's log-probs over the vocabulary alone, forward and backward, in each form llm_bridge.logprobs offers
-(eager: the h200 presets' vectorised cross-entropy on fp32 copies; compiled; triton: llm_bridge.logprob_kernel),
+(eager: one vectorised cross-entropy on fp32 copies, the h200 presets' until 2026-12-08; compiled; triton:
+llm_bridge.logprob_kernel, theirs since),
 on bf16 logits of a micro batch's size (Llama-3.2's 128,256 words). The backward gets one weight a token, as
 PPO's loss gives it. Prints a table (forward + backward and forward alone in ms, the memory each adds above the
 logits, the effective GB/s of the bf16 logits' bytes, the largest error against float64) and writes it as JSON.

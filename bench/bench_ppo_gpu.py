@@ -106,9 +106,10 @@ ROWS = {
     # each decoder layer of actor, critic and reference under torch.compile (llm_bridge.gpu_support; the log-probs
     # stay in the presets' Triton kernels): Inductor fuses the norms, rotary embedding and SwiGLU itself (so no
     # Liger), and the host launches a few kernels a layer instead of dozens (the H100's actor update: GPU idle 28 %
-    # of the time, 1,024 gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 -> 2.51 s, each layer then
-    # split in five graphs (fixed since). Slower on every H100 since, also at a 24k-token actor budget (1.90 -> 2.20 s;
-    # with the classic allocator 1.80-1.85 -> 2.06-2.46 s, 2026-12-07): left for the H200's full budgets
+    # of the time, 1,024 gaps while the host launched small kernels). First try 2026-12-06: actor update 2.15 ->
+    # 2.51 s, each layer then split in five graphs (fixed since). Slower on every H100 since, also at a 24k-token
+    # actor budget (1.90 -> 2.20 s; with the classic allocator 1.80-1.85 -> 2.06-2.46 s, 2026-12-07): left for the
+    # H200's full budgets
     "tuned-compile": ({}, ["actor_rollout_ref.model.use_liger=False"], {"LLM_BRIDGE_COMPILE": "1"}),
     # PyTorch's classic caching allocator instead of the preset's expandable segments (CUDA virtual memory mapped
     # as a segment grows): verl empties the cache each step for vLLM's wake, and on the 80-GB H100, near the card's
